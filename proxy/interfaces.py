@@ -1,0 +1,47 @@
+"""The seams. Small protocols; everything else is concrete."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+
+from proxy.model import AuthInfo, CallTarget, Claims, Result
+
+
+@runtime_checkable
+class ClaimMapper(Protocol):
+    async def get_claims(self, auth_info: AuthInfo) -> Claims:
+        """Map credentials to claims; raise `CredentialError` on bad credentials."""
+        ...
+
+
+@runtime_checkable
+class AuthInfoOptional(Protocol):
+    """Optional capability: a mapper that wants to run even without token or certificate."""
+
+    def auth_info_required(self) -> bool: ...
+
+
+@runtime_checkable
+class Authorizer(Protocol):
+    async def authorize(self, claims: Claims | None, target: CallTarget) -> Result: ...
+
+
+@runtime_checkable
+class KeyProvider(Protocol):
+    def get_key(self, alg: str, kid: str) -> PublicKeyTypes:
+        """The verification key for `kid`; raise `CredentialError` when there is none."""
+        ...
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever the key set changes, so cached verifications cannot outlive it."""
+        ...
+
+
+@runtime_checkable
+class BackgroundTask(Protocol):
+    """Optional capability: something that needs a loop in the app's TaskGroup."""
+
+    async def run(self) -> None: ...
