@@ -1,24 +1,56 @@
 """YAML -> frozen config objects. Every error names its key path.
 
 `tls` and `authorization` take exactly the keys of Temporal Server's `global.tls` and
-`global.authorization`, so an operator can paste them from a Temporal config.
+`global.authorization` (spelling, types, base64-of-PEM `*Data` values, Go duration strings), so
+an operator can paste them from a Temporal config. The other sections are the proxy's own.
+
+The parser is driven by the dataclasses below: a field's YAML key is its camelCase name unless
+`metadata["key"]` says otherwise, and `metadata["kind"]` marks durations, base64-PEM data and
+secrets (redacted by `effective_config`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from proxy.errors import ConfigError
+
+REDACTED = "<redacted>"
+
+
+def _key(name: str, *, kind: str = "") -> dict[str, str]:
+    return {"key": name, "kind": kind}
+
+
+def _kind(kind: str) -> dict[str, str]:
+    return {"kind": kind}
+
+
+# ---------------------------------------------------------------- tls (Temporal's global.tls)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerTLSConfig:
-    """Temporal's ServerTLS. `*_data` hold the decoded PEM text (config carries base64 of PEM)."""
+    """Temporal's ServerTLS. `*_data` hold the decoded PEM text (the YAML carries base64 of PEM)."""
 
     cert_file: str = ""
     key_file: str = ""
-    cert_data: str = ""
-    key_data: str = ""
-    client_ca_files: tuple[str, ...] = ()
-    client_ca_data: tuple[str, ...] = ()
+    cert_data: str = field(default="", metadata=_kind("pem"))
+    key_data: str = field(default="", metadata=_kind("pem_secret"))
+    client_ca_files: tuple[str, ...] = field(default=(), metadata=_kind("ca_list"))
+    client_ca_data: tuple[str, ...] = field(default=(), metadata=_kind("pem_ca_list"))
     require_client_auth: bool = False
 
     @property
@@ -31,9 +63,9 @@ class ServerTLSConfig:
 class ClientTLSConfig:
     server_name: str = ""
     disable_host_verification: bool = False
-    root_ca_files: tuple[str, ...] = ()
-    root_ca_data: tuple[str, ...] = ()
-    force_tls: bool = False
+    root_ca_files: tuple[str, ...] = field(default=(), metadata=_kind("ca_list"))
+    root_ca_data: tuple[str, ...] = field(default=(), metadata=_kind("pem_ca_list"))
+    force_tls: bool = field(default=False, metadata=_key("forceTLS"))
 
     @property
     def enabled(self) -> bool:
@@ -48,14 +80,447 @@ class GroupTLSConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ExpirationChecksConfig:
-    warning_window: float = 0.0  # seconds
-    error_window: float = 0.0
-    check_interval: float = 0.0  # 0 = disabled
+    warning_window: float = field(default=0.0, metadata=_kind("duration"))
+    error_window: float = field(default=0.0, metadata=_kind("duration"))
+    check_interval: float = field(default=0.0, metadata=_kind("duration"))  # 0 = disabled
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TLSConfig:
     frontend: GroupTLSConfig = field(default_factory=GroupTLSConfig)
-    internode: GroupTLSConfig | None = None  # None: the upstream leg is plaintext
-    refresh_interval: float = 0.0  # seconds; 0 = never
+    internode: GroupTLSConfig | None = None  # None: the upstream leg is plaintext (dev stack)
+    refresh_interval: float = field(default=0.0, metadata=_kind("duration"))  # 0 = never
     expiration_checks: ExpirationChecksConfig = field(default_factory=ExpirationChecksConfig)
+
+
+# ------------------------------------------- authorization (Temporal's global.authorization)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JWTKeyProviderConfig:
+    key_source_uris: tuple[str, ...] = field(default=(), metadata=_key("keySourceURIs"))
+    refresh_interval: float = field(default=0.0, metadata=_kind("duration"))
+    # Ours: Temporal has no timeout on JWKS fetches.
+    fetch_timeout: float = field(default=10.0, metadata=_kind("duration"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthorizationConfig:
+    jwt_key_provider: JWTKeyProviderConfig = field(default_factory=JWTKeyProviderConfig)
+    permissions_claim_name: str = "permissions"
+    permissions_regex: str = ""
+    authorizer: str = "default"  # default | noop | "" (= noop, as Temporal) | module.path:Factory
+    claim_mapper: str = "default"
+    auth_header_name: str = "authorization"
+    auth_extra_header_name: str = "authorization-extras"
+    audience: str = ""
+    token_cache_size: int = 10000
+
+
+# ------------------------------------------------------------------------- the proxy's own
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenConfig:
+    address: str = "0.0.0.0:7233"
+    workers: int = 1  # processes sharing the port; 0 = one per CPU
+    max_message_size: int = 128 * 1024 * 1024
+    max_header_list_size: int = 64 * 1024
+    shutdown_grace_period: float = field(default=30.0, metadata=_kind("duration"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamConfig:
+    address: str = ""  # required: host:port of the Temporal frontend
+    authorization: Literal["forward", "strip"] = "forward"
+    channels: int = 1  # upstream HTTP/2 connections to spread calls over
+    health_check_timeout: float = field(default=2.0, metadata=_kind("duration"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminTLSConfig:
+    cert_file: str = ""
+    key_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file or self.key_file)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    address: str = "0.0.0.0:9090"
+    tls: AdminTLSConfig = field(default_factory=AdminTLSConfig)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    namespace_labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    format: Literal["json", "console"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CorsConfig:
+    origins: tuple[str, ...] = ()
+    allow_credentials: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CodecConfig:
+    enabled: bool = False
+    # key id -> base64 of a 32-byte key, or `file:/path` holding the base64 text.
+    keys: Mapping[str, str] = field(default_factory=dict, metadata=_kind("secret_map"))
+    encrypt_key_id: str = ""
+    namespace_keys: Mapping[str, str] = field(default_factory=dict)  # namespace -> key id
+    compress: bool = False
+    cors: CorsConfig = field(default_factory=CorsConfig)
+    # None: required exactly when JWT is configured.
+    require_authorization: bool | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    authorization: AuthorizationConfig = field(default_factory=AuthorizationConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+
+
+# ------------------------------------------------------------------------------ parsing
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def parse_duration(text: str, path: str) -> float:
+    """Go's time.ParseDuration, in seconds. Signed durations are refused (none makes sense)."""
+    s = text.strip()
+    if s == "0":
+        return 0.0
+    if s.startswith(("-", "+")):
+        raise ConfigError(path, f"duration {text!r} must not be signed")
+    pos, total = 0, 0.0
+    while pos < len(s):
+        m = _DURATION_PART.match(s, pos)
+        if m is None:
+            raise ConfigError(
+                path, f"invalid duration {text!r} (use a Go duration such as 30s, 1m, 1h30m)"
+            )
+        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if not s:
+        raise ConfigError(path, "empty duration")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds back to a Go-style duration string for display."""
+    if seconds == 0:
+        return "0s"
+    out, rest = [], seconds
+    for unit, size in (("h", 3600.0), ("m", 60.0)):
+        if rest >= size:
+            n = int(rest // size)
+            out.append(f"{n}{unit}")
+            rest -= n * size
+    if rest:
+        out.append(f"{rest:g}s" if rest >= 1 else f"{rest * 1000:g}ms")
+    return "".join(out)
+
+
+def _substitute_env(value: str, path: str, env: Mapping[str, str]) -> str:
+    def repl(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in env:
+            raise ConfigError(path, f"environment variable {name} is not set")
+        return env[name]
+
+    return _ENV.sub(repl, value)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def _yaml_key(f: dataclasses.Field[Any]) -> str:
+    key = f.metadata.get("key")
+    return key if isinstance(key, str) else _camel(f.name)
+
+
+def _decode_pem_data(value: str, path: str) -> str:
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ConfigError(
+            path, "is not valid base64 (Temporal's *Data keys take base64 of PEM)"
+        ) from exc
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "does not decode to PEM text") from exc
+    if "-----BEGIN " not in text:
+        raise ConfigError(path, "does not decode to PEM text (expected base64 of a PEM file)")
+    return text
+
+
+class _Parser:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def string(self, raw: object, path: str) -> str:
+        if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+            raise ConfigError(path, f"expected a string, got {type(raw).__name__}")
+        return _substitute_env(str(raw), path, self.env)
+
+    def value(self, tp: Any, raw: object, path: str, kind: str) -> Any:
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            if raw is None:
+                return None
+            return self.value(args[0], raw, path, kind)
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            return self.section(tp, raw, path)
+        if kind == "duration":
+            if isinstance(raw, bool) or not isinstance(raw, str):
+                raise ConfigError(path, "expected a Go duration string such as 30s or 1m")
+            return parse_duration(_substitute_env(raw, path, self.env), path)
+        if origin is Literal:
+            choices = typing.get_args(tp)
+            s = self.string(raw, path)
+            if s not in choices:
+                raise ConfigError(
+                    path, f"must be one of {', '.join(map(repr, choices))}, got {s!r}"
+                )
+            return s
+        if tp is bool:
+            if isinstance(raw, str):
+                raw = _substitute_env(raw, path, self.env).strip().lower()
+                if raw in ("true", "false"):
+                    return raw == "true"
+            if not isinstance(raw, bool):
+                raise ConfigError(path, "expected true or false")
+            return raw
+        if tp is int:
+            if isinstance(raw, str):
+                raw = _substitute_env(raw, path, self.env).strip()
+                if re.fullmatch(r"-?\d+", raw):
+                    raw = int(raw)
+            if isinstance(raw, bool) or not isinstance(raw, int):
+                raise ConfigError(path, "expected an integer")
+            if raw < 0:
+                raise ConfigError(path, "must not be negative")
+            return raw
+        if tp is str:
+            s = self.string(raw, path)
+            return _decode_pem_data(s, path) if kind in ("pem", "pem_secret") and s else s
+        if origin is tuple:
+            if raw is None:
+                return ()
+            if not isinstance(raw, list):
+                raise ConfigError(path, "expected a list")
+            items = tuple(self.string(v, f"{path}[{i}]") for i, v in enumerate(raw))
+            if kind in ("ca_list", "pem_ca_list"):
+                for i, item in enumerate(items):
+                    if not item.strip():
+                        raise ConfigError(f"{path}[{i}]", "CA cannot be empty string")
+            if kind == "pem_ca_list":
+                items = tuple(_decode_pem_data(v, f"{path}[{i}]") for i, v in enumerate(items))
+            return items
+        if origin is Mapping or origin is dict:
+            if raw is None:
+                return {}
+            if not isinstance(raw, dict):
+                raise ConfigError(path, "expected a mapping")
+            return {self.string(k, path): self.string(v, f"{path}.{k}") for k, v in raw.items()}
+        raise ConfigError(path, f"unsupported type {tp!r}")  # pragma: no cover - schema bug
+
+    def section(self, cls: type[Any], raw: object, path: str) -> Any:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(path, "expected a mapping")
+        hints = typing.get_type_hints(cls)
+        fields = {_yaml_key(f): f for f in dataclasses.fields(cls)}
+        for k in raw:
+            if k not in fields:
+                where = f"{path}.{k}" if path else str(k)
+                raise ConfigError(where, f"unknown key (known: {', '.join(sorted(fields))})")
+        kwargs: dict[str, Any] = {}
+        for key, f in fields.items():
+            if key in raw:
+                sub = f"{path}.{key}" if path else key
+                kwargs[f.name] = self.value(
+                    hints[f.name], raw[key], sub, f.metadata.get("kind", "")
+                )
+        return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    """Temporal's own rules plus ours; everything that needs no file access."""
+    groups: list[tuple[str, GroupTLSConfig]] = [("tls.frontend", cfg.tls.frontend)]
+    if cfg.tls.internode is not None:
+        groups.append(("tls.internode", cfg.tls.internode))
+    for gpath, g in groups:
+        s, c = g.server, g.client
+        pairs = (
+            ("certFile", s.cert_file, "certData", s.cert_data),
+            ("keyFile", s.key_file, "keyData", s.key_data),
+            ("clientCaFiles", s.client_ca_files, "clientCaData", s.client_ca_data),
+        )
+        for a, av, b, bv in pairs:
+            if av and bv:
+                raise ConfigError(f"{gpath}.server.{a}", f"cannot specify both {a} and {b}")
+        if c.root_ca_files and c.root_ca_data:
+            raise ConfigError(
+                f"{gpath}.client.rootCaFiles", "cannot specify both rootCaFiles and rootCaData"
+            )
+        has_cert = bool(s.cert_file or s.cert_data)
+        has_key = bool(s.key_file or s.key_data)
+        if has_key and not has_cert:
+            raise ConfigError(
+                f"{gpath}.server.certFile", "a key is configured without a certificate"
+            )
+        if has_cert and not has_key:
+            raise ConfigError(
+                f"{gpath}.server.keyFile", "a certificate is configured without a key"
+            )
+    fe = cfg.tls.frontend.server
+    if fe.require_client_auth and not fe.enabled:
+        raise ConfigError(
+            "tls.frontend.server.requireClientAuth", "requires a server certificate and key"
+        )
+    if fe.require_client_auth and not (fe.client_ca_files or fe.client_ca_data):
+        # Go would fall back to the system roots: anyone with a public certificate could connect.
+        raise ConfigError(
+            "tls.frontend.server.clientCaFiles",
+            "requireClientAuth needs clientCaFiles or clientCaData",
+        )
+    if cfg.tls.internode is not None:
+        c = cfg.tls.internode.client
+        if c.disable_host_verification:
+            raise ConfigError(
+                "tls.internode.client.disableHostVerification",
+                "is not supported: grpcio cannot skip certificate verification; "
+                "set serverName instead",
+            )
+        if not c.enabled:
+            raise ConfigError(
+                "tls.internode.client", "needs rootCaFiles, rootCaData or forceTLS: true"
+            )
+    if not cfg.upstream.address:
+        raise ConfigError("upstream.address", "is required (host:port of the Temporal frontend)")
+    addresses = (
+        ("listen.address", cfg.listen.address),
+        ("upstream.address", cfg.upstream.address),
+        ("admin.address", cfg.admin.address),
+    )
+    for key, value in addresses:
+        _check_address(value, key)
+    if cfg.upstream.channels < 1:
+        raise ConfigError("upstream.channels", "must be at least 1")
+    if cfg.listen.max_message_size < 1024:
+        raise ConfigError("listen.maxMessageSize", "must be at least 1024 bytes")
+    az = cfg.authorization
+    for key, value in (
+        ("authorization.authorizer", az.authorizer),
+        ("authorization.claimMapper", az.claim_mapper),
+    ):
+        if value.lower() not in ("", "default", "noop") and ":" not in value:
+            raise ConfigError(
+                key, f"unknown value {value!r} (default, noop or module.path:Factory)"
+            )
+    if az.claim_mapper.lower() == "default" and not [
+        u for u in az.jwt_key_provider.key_source_uris if u.strip()
+    ]:
+        raise ConfigError(
+            "authorization.jwtKeyProvider.keySourceURIs",
+            "claimMapper default needs at least one key source (or set claimMapper: noop)",
+        )
+    if not az.auth_header_name.strip():
+        raise ConfigError("authorization.authHeaderName", "must not be empty")
+    if cfg.admin.tls.enabled and not (cfg.admin.tls.cert_file and cfg.admin.tls.key_file):
+        raise ConfigError("admin.tls", "needs both certFile and keyFile")
+    if cfg.codec.enabled:
+        if not cfg.codec.keys:
+            raise ConfigError(
+                "codec.keys", "at least one key is required when the codec is enabled"
+            )
+        if cfg.codec.encrypt_key_id not in cfg.codec.keys:
+            raise ConfigError("codec.encryptKeyId", "must name one of codec.keys")
+        for ns, kid in cfg.codec.namespace_keys.items():
+            if kid not in cfg.codec.keys:
+                raise ConfigError(
+                    f"codec.namespaceKeys.{ns}", f"key id {kid!r} is not in codec.keys"
+                )
+
+
+def _check_address(value: str, path: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(path, f"expected host:port, got {value!r}")
+
+
+def parse_config(raw: object, env: Mapping[str, str] | None = None) -> Config:
+    cfg: Config = _Parser(os.environ if env is None else env).section(Config, raw, "")
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {p}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{p} is not valid YAML: {exc}") from exc
+    return parse_config(raw if raw is not None else {}, env)
+
+
+def effective_config(cfg: Config) -> dict[str, Any]:
+    """The config as YAML-shaped data with defaults filled in and secrets redacted."""
+    return typing.cast(dict[str, Any], _dump(cfg))
+
+
+def _dump(obj: Any, kind: str = "") -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            out[_yaml_key(f)] = _dump(getattr(obj, f.name), f.metadata.get("kind", ""))
+        return out
+    if kind == "duration":
+        return format_duration(obj)
+    if kind == "pem_secret" and obj:
+        return REDACTED
+    if kind == "secret_map":
+        return {k: REDACTED for k in obj}
+    if kind in ("pem", "pem_ca_list") and obj:
+        return "<pem data>" if isinstance(obj, str) else ["<pem data>" for _ in obj]
+    if isinstance(obj, tuple):
+        return list(obj)
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    return obj
