@@ -1,0 +1,346 @@
+"""Composition root: `build(cfg)` wires every part from config; `App.run()` owns one TaskGroup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import grpc.aio
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from proxy import methods
+from proxy.admin import build_admin_app, metrics_registry
+from proxy.authz import DefaultAuthorizer, NoopAuthorizer
+from proxy.claims import DefaultJWTClaimMapper, NoopClaimMapper
+from proxy.config import Config
+from proxy.errors import ConfigError
+from proxy.forward import ForwardingHandler, UpstreamPool, channel_options
+from proxy.interfaces import Authorizer, ClaimMapper
+from proxy.keys import JwksKeyProvider
+from proxy.metrics import ProxyMetrics, multiprocess_dir
+from proxy.pipeline import Gate
+from proxy.plugins import load_plugin
+from proxy.tls import (
+    ClientMaterial,
+    FrontendCredentials,
+    TLSReloader,
+    channel_credentials,
+    load_tls_materials,
+    peer_identity,
+)
+
+HEALTH_METHOD = "/grpc.health.v1.Health/Check"
+# HealthCheckRequest{service: "temporal.api.workflowservice.v1.WorkflowService"}, as the CLI asks.
+_HEALTH_SERVICE = b"temporal.api.workflowservice.v1.WorkflowService"
+HEALTH_REQUEST = b"\x0a" + bytes([len(_HEALTH_SERVICE)]) + _HEALTH_SERVICE
+KEY_RETRY_SECONDS = 5.0
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def build_claim_mapper(cfg: Config, keys: JwksKeyProvider | None, logger: Any) -> ClaimMapper:
+    a = cfg.authorization
+    name = a.claim_mapper.lower()
+    if name == "default":
+        assert keys is not None
+        try:
+            return DefaultJWTClaimMapper(
+                keys,
+                permissions_claim_name=a.permissions_claim_name,
+                permissions_regex=a.permissions_regex,
+                cache_size=a.token_cache_size,
+                logger=logger,
+            )
+        except ValueError as exc:
+            raise ConfigError("authorization.permissionsRegex", str(exc)) from exc
+    if name in ("", "noop"):
+        return NoopClaimMapper()
+    mapper = load_plugin(a.claim_mapper, ClaimMapper, "authorization.claimMapper")
+    return mapper  # type: ignore[return-value]  # load_plugin checked the protocol
+
+
+def build_authorizer(cfg: Config) -> Authorizer:
+    name = cfg.authorization.authorizer.lower()
+    if name == "default":
+        return DefaultAuthorizer(methods.lookup, methods.HEALTH_CHECK_APIS)
+    if name in ("", "noop"):
+        return NoopAuthorizer()
+    authorizer = load_plugin(cfg.authorization.authorizer, Authorizer, "authorization.authorizer")
+    return authorizer  # type: ignore[return-value]  # load_plugin checked the protocol
+
+
+def build_key_provider(cfg: Config, metrics: ProxyMetrics, logger: Any) -> JwksKeyProvider | None:
+    if cfg.authorization.claim_mapper.lower() != "default":
+        return None
+    kp = cfg.authorization.jwt_key_provider
+    try:
+        return JwksKeyProvider(
+            kp.key_source_uris,
+            kp.refresh_interval,
+            fetch_timeout=kp.fetch_timeout,
+            logger=logger,
+            on_refresh=lambda ok, n: metrics.on_jwks_refresh(ok, n, time.time()),
+        )
+    except (ValueError, Exception) as exc:
+        raise ConfigError("authorization.jwtKeyProvider.keySourceURIs", str(exc)) from exc
+
+
+@dataclass
+class App:
+    cfg: Config
+    registry: CollectorRegistry
+    metrics: ProxyMetrics
+    log: Any
+    reloader: TLSReloader
+    frontend: FrontendCredentials | None
+    keys: JwksKeyProvider | None
+    gate: Gate
+    pool: UpstreamPool
+    handler: ForwardingHandler
+    admin: web.Application | None = None
+    server: grpc.aio.Server | None = None
+    port: int = 0
+    listening: bool = False
+    draining: bool = False
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def channel_factory(self, material: ClientMaterial | None) -> Callable[[], grpc.aio.Channel]:
+        return make_channel_factory(self.cfg, material)
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        checks = {
+            "listening": "ok" if self.listening else "not listening",
+            "draining": "draining" if self.draining else "ok",
+        }
+        if self.keys is not None:
+            checks["jwks"] = "ok" if self.keys.loaded else "no key set loaded"
+        checks["upstream"] = await self.upstream_health()
+        return all(v == "ok" for v in checks.values()), checks
+
+    async def upstream_health(self) -> str:
+        try:
+            reply = await self.pool.channel.unary_unary(HEALTH_METHOD)(
+                HEALTH_REQUEST, timeout=self.cfg.upstream.health_check_timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            return f"health check failed: {exc.code().name}"
+        # HealthCheckResponse{status: SERVING (1)} is the two bytes 08 01.
+        return "ok" if reply == b"\x08\x01" else "not serving"
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def reload_tls(self) -> None:
+        generation = self.reloader.generation
+        await asyncio.to_thread(self.reloader.reload)
+        if self.reloader.generation != generation:
+            # grpcio channel credentials cannot be swapped: rebuild the upstream channels.
+            factory = self.channel_factory(self.reloader.internode_material)
+            await self.pool.swap(factory, grace=self.cfg.listen.shutdown_grace_period)
+
+    async def _reload_loop(self) -> None:
+        interval = self.cfg.tls.refresh_interval
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            await self.reload_tls()
+
+    async def _keys_loop(self) -> None:
+        assert self.keys is not None
+        await self.keys.refresh()
+        # Temporal would wait for the next interval (or forever with 0); we retry until the
+        # first set loads, since nothing can be authorized before that.
+        while not self.keys.loaded:
+            await asyncio.sleep(KEY_RETRY_SECONDS)
+            await self.keys.refresh()
+        await self.keys.run()
+
+    async def start(self) -> None:
+        """Bind and start both listeners (separate from run() so tests can await readiness)."""
+        self.server = build_server(self.cfg, self.handler, self.frontend)
+        host, port = _split_address(self.cfg.listen.address)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            if self.frontend is not None:
+                self.port = self.server.add_secure_port(address, self.frontend.credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ConfigError("listen.address", f"cannot listen on {address}: {exc}") from exc
+        await self.server.start()
+        self.listening = True
+        self.log.info("listening", address=address, port=self.port, tls=self.frontend is not None)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig, action in (
+            (signal.SIGTERM, self.request_stop),
+            (signal.SIGINT, self.request_stop),
+        ):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, action)
+        runner: web.AppRunner | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(
+                        signal.SIGHUP, lambda: tg.create_task(self.reload_tls(), name="sighup")
+                    )
+                if self.keys is not None:
+                    tg.create_task(self._keys_loop(), name="jwks")
+                if self.server is None:
+                    await self.start()
+                runner = await self.start_admin()
+                tg.create_task(self._reload_loop(), name="tls-reload")
+                tg.create_task(self.reloader.run_expiration_checks(), name="cert-expiry")
+                await self._stop.wait()
+                await self.drain()
+                raise _Stopped
+        except* _Stopped:
+            pass
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+            await self.pool.close(0)
+
+    async def start_admin(self) -> web.AppRunner:
+        assert self.admin is not None
+        runner = web.AppRunner(self.admin, access_log=None, handle_signals=False)
+        await runner.setup()
+        host, port = _split_address(self.cfg.admin.address)
+        ssl_ctx = None
+        tls = self.cfg.admin.tls
+        if tls.enabled:
+            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        site = web.TCPSite(
+            runner, host, port, ssl_context=ssl_ctx, reuse_port=self.cfg.listen.workers != 1
+        )
+        await site.start()
+        self.log.info("admin_listening", address=self.cfg.admin.address, tls=ssl_ctx is not None)
+        return runner
+
+    async def drain(self) -> None:
+        """Readiness goes 503 first, then in-flight calls get the grace period, then cancel."""
+        self.draining = True
+        grace = self.cfg.listen.shutdown_grace_period
+        self.log.info("draining", grace_period=grace)
+        if self.server is not None:
+            await self.server.stop(grace)
+        self.log.info("stopped")
+
+
+class _Stopped(Exception):
+    """Ends the TaskGroup (and cancels the background loops) after a drain."""
+
+
+def make_channel_factory(
+    cfg: Config, material: ClientMaterial | None
+) -> Callable[[], grpc.aio.Channel]:
+    options = channel_options(cfg.listen.max_message_size, cfg.listen.max_header_list_size)
+    address = cfg.upstream.address
+    if material is None:
+        return lambda: grpc.aio.insecure_channel(address, options=options)
+    credentials, tls_options = channel_credentials(material)
+    all_options = options + list(tls_options)
+    return lambda: grpc.aio.secure_channel(address, credentials, options=all_options)
+
+
+def build_server(
+    cfg: Config, handler: ForwardingHandler, frontend: FrontendCredentials | None
+) -> grpc.aio.Server:
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", cfg.listen.max_message_size),
+        ("grpc.max_receive_message_length", cfg.listen.max_message_size),
+        ("grpc.max_metadata_size", cfg.listen.max_header_list_size),
+        # grpcio turns SO_REUSEPORT on by default: a second copy would start silently.
+        ("grpc.so_reuseport", 1 if cfg.listen.workers != 1 else 0),
+        # SDK workers ping idle connections during long polls; never strike them for it.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+    server = grpc.aio.server(options=options)
+    server.add_generic_rpc_handlers((handler,))
+    return server
+
+
+def build(cfg: Config, *, logger: Any, registry: CollectorRegistry | None = None) -> App:
+    """Build and validate everything `serve` needs. Raises ConfigError; binds nothing."""
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = ProxyMetrics(
+        registry,
+        method_names=[m.short_name for m in methods.all_methods()],
+        namespace_labels=cfg.metrics.namespace_labels,
+    )
+    materials = load_tls_materials(cfg.tls)
+    frontend = FrontendCredentials(materials.frontend) if materials.frontend is not None else None
+
+    def on_material(expiries: Any) -> None:
+        for label, not_after in expiries.items():
+            metrics.set_certificate_expiry(label, not_after)
+
+    reloader = TLSReloader(
+        cfg.tls,
+        materials,
+        frontend=frontend,
+        on_reload=metrics.on_tls_reload,
+        on_material=on_material,
+        logger=logger,
+    )
+    keys = build_key_provider(cfg, metrics, logger)
+    mapper = build_claim_mapper(cfg, keys, logger)
+    authorizer = build_authorizer(cfg)
+    require_client_auth = frontend is not None and frontend.require_client_auth
+    gate = Gate(
+        claim_mapper=mapper,
+        authorizer=authorizer,
+        metrics=metrics,
+        logger=logger,
+        audience=cfg.authorization.audience,
+        peer_always_verified=require_client_auth,
+    )
+    pool = UpstreamPool(make_channel_factory(cfg, materials.internode), cfg.upstream.channels)
+    wants_peer = require_client_auth and not isinstance(
+        mapper, DefaultJWTClaimMapper | NoopClaimMapper
+    )
+    handler = ForwardingHandler(
+        gate=gate,
+        pool=pool,
+        metrics=metrics,
+        logger=logger,
+        lookup=methods.lookup,
+        is_forwarded=methods.is_forwarded,
+        auth_header_name=cfg.authorization.auth_header_name,
+        auth_extra_header_name=cfg.authorization.auth_extra_header_name,
+        strip_authorization=cfg.upstream.authorization == "strip",
+        read_peer=(lambda ctx: peer_identity(ctx.auth_context())) if wants_peer else None,
+    )
+    app = App(
+        cfg=cfg,
+        registry=registry,
+        metrics=metrics,
+        log=logger,
+        reloader=reloader,
+        frontend=frontend,
+        keys=keys,
+        gate=gate,
+        pool=pool,
+        handler=handler,
+    )
+    app.admin = build_admin_app(
+        registry=metrics_registry(registry, multiprocess_dir()), readiness=app.readiness
+    )
+    return app

@@ -1,0 +1,223 @@
+"""The data path: a grpc.aio generic handler that gates each unary call and relays its bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable, Sequence
+from time import perf_counter
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from proxy.metrics import ProxyMetrics
+from proxy.model import MethodInfo, PeerIdentity
+from proxy.pipeline import DENIED_MESSAGE, Gate, denial_status_bytes
+
+# Request metadata that belongs to one HTTP/2 hop, or that grpc sets itself, never relayed.
+_HOP_BY_HOP = frozenset(
+    {
+        "user-agent",
+        "te",
+        "content-type",
+        "content-length",
+        "trailer",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "grpc-timeout",
+        "grpc-encoding",
+        "grpc-accept-encoding",
+        "grpc-message-type",
+        "grpc-internal-encoding-request",
+        # Temporal strips these inbound: only the server may assert a principal.
+        "temporal-principal-type",
+        "temporal-principal-name",
+    }
+)
+UNAVAILABLE_MESSAGE = "upstream unavailable"
+
+Metadata = Sequence[tuple[str, str | bytes]]
+PeerReader = Callable[[Any], PeerIdentity | None]
+
+
+def channel_options(max_message_size: int, max_header_list_size: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", max_message_size),
+        ("grpc.max_receive_message_length", max_message_size),
+        ("grpc.max_metadata_size", max_header_list_size),
+        # Long polls sit idle for ~70 s: keep the connection warm without upsetting the
+        # frontend's ping policy (Temporal permits pings without streams, every 10 s at most).
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Several channels must mean several connections.
+        ("grpc.use_local_subchannel_pool", 1),
+        # Come back quickly after the frontend restarts.
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.min_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 3_000),
+    ]
+
+
+class UpstreamPool:
+    """Round-robin over N channels to the frontend; `swap` replaces them all (new TLS material)."""
+
+    def __init__(self, factory: Callable[[], grpc.aio.Channel], size: int) -> None:
+        self._factory = factory
+        self._size = size
+        self._channels = [factory() for _ in range(size)]
+        self._cycle = itertools.cycle(range(size))
+        self._callables: list[dict[str, Any]] = [{} for _ in range(size)]
+
+    def callable_for(self, method: str) -> Any:
+        i = next(self._cycle)
+        cache = self._callables[i]
+        mc = cache.get(method)
+        if mc is None:
+            mc = self._channels[i].unary_unary(method)
+            if len(cache) < 1024:  # AdminService accepts any name; keep the cache bounded
+                cache[method] = mc
+        return mc
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        return self._channels[0]
+
+    async def swap(self, factory: Callable[[], grpc.aio.Channel], grace: float) -> None:
+        old = self._channels
+        self._factory = factory
+        self._channels = [factory() for _ in range(self._size)]
+        self._callables = [{} for _ in range(self._size)]
+        # Calls already on the old channels may finish within the grace period.
+        await asyncio.gather(*(ch.close(grace) for ch in old), return_exceptions=True)
+
+    async def close(self, grace: float | None = None) -> None:
+        await asyncio.gather(*(ch.close(grace) for ch in self._channels), return_exceptions=True)
+
+
+class ForwardingHandler(grpc.GenericRpcHandler):
+    """One unary byte-relay for every forwarded method; anything else gets UNIMPLEMENTED."""
+
+    def __init__(
+        self,
+        *,
+        gate: Gate,
+        pool: UpstreamPool,
+        metrics: ProxyMetrics,
+        logger: Any,
+        lookup: Callable[[str], MethodInfo | None],
+        is_forwarded: Callable[[str], bool],
+        auth_header_name: str = "authorization",
+        auth_extra_header_name: str = "authorization-extras",
+        strip_authorization: bool = False,
+        read_peer: PeerReader | None = None,
+    ) -> None:
+        self._gate = gate
+        self._pool = pool
+        self._metrics = metrics
+        self._log = logger
+        self._lookup = lookup
+        self._is_forwarded = is_forwarded
+        self._auth = auth_header_name.lower()
+        self._extra = auth_extra_header_name.lower()
+        self._drop = _HOP_BY_HOP | ({self._auth, self._extra} if strip_authorization else set())
+        self._read_peer = read_peer
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._denied_trailers = (("grpc-status-details-bin", denial_status_bytes()),)
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        handler = self._handlers.get(method)
+        if handler is not None:
+            return handler
+        info = self._lookup(method) if self._is_forwarded(method) else None
+        if info is None:
+            self._metrics.request("unknown", "UNIMPLEMENTED").inc()
+            return None
+        handler = grpc.unary_unary_rpc_method_handler(self._relay(info))
+        if len(self._handlers) < 1024:
+            self._handlers[method] = handler
+        return handler
+
+    def _relay(self, info: MethodInfo) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
+        gate, pool, metrics, log = self._gate, self._pool, self._metrics, self._log
+        method, short = info.full_name, info.short_name
+        auth, extra_name, drop = self._auth, self._extra, self._drop
+        read_peer = self._read_peer
+        duration = metrics.duration(short)
+        inflight = metrics.inflight
+        denied_trailers = self._denied_trailers
+
+        async def relay(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            started = perf_counter()
+            inflight.inc()
+            code = "OK"
+            namespace = ""
+            try:
+                token = extra = ""
+                seen_token = seen_extra = False
+                outbound: list[tuple[str, str | bytes]] = []
+                for key, value in context.invocation_metadata() or ():
+                    if key == auth:
+                        # Temporal reads the first value only.
+                        if not seen_token:
+                            seen_token, token = True, value if isinstance(value, str) else ""
+                    elif key == extra_name and not seen_extra:
+                        seen_extra, extra = True, value if isinstance(value, str) else ""
+                    if key in drop or key[0] == ":":
+                        continue
+                    outbound.append((key, value))
+                peer = read_peer(context) if read_peer is not None else None
+                verdict = await gate.check(info, request, token=token, extra=extra, peer=peer)
+                namespace = verdict.namespace
+                if not verdict.allowed:
+                    code = "PERMISSION_DENIED"
+                    await context.abort(
+                        grpc.StatusCode.PERMISSION_DENIED, DENIED_MESSAGE, denied_trailers
+                    )
+                remaining = context.time_remaining()
+                call = pool.callable_for(method)(
+                    request,
+                    metadata=outbound,
+                    timeout=remaining if remaining is not None and remaining < 1e9 else None,
+                )
+                try:
+                    response: bytes = await call
+                except grpc.aio.AioRpcError as exc:
+                    status = exc.code()
+                    code = status.name
+                    metrics.upstream_errors_total.labels(code=code).inc()
+                    details = exc.details() or ""
+                    initial = exc.initial_metadata() or ()
+                    trailing = exc.trailing_metadata() or ()
+                    if status is grpc.StatusCode.UNAVAILABLE and not initial and not trailing:
+                        # Generated by our channel, not by Temporal: keep internals out.
+                        log.warning("upstream_unavailable", method=short, error=details)
+                        details = UNAVAILABLE_MESSAGE
+                    if initial:
+                        await context.send_initial_metadata(initial)
+                    await context.abort(status, details, trailing)
+                initial_md = await call.initial_metadata()
+                if initial_md:
+                    await context.send_initial_metadata(initial_md)
+                trailing_md = await call.trailing_metadata()
+                if trailing_md:
+                    context.set_trailing_metadata(trailing_md)
+                return response
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            finally:
+                inflight.dec()
+                duration.observe(perf_counter() - started)
+                metrics.request(short, code, namespace).inc()
+
+        return relay

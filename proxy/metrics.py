@@ -1,0 +1,173 @@
+"""Every metric, defined once against an injected CollectorRegistry. Names are API (README)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+from proxy.model import Decision, Reason
+
+PREFIX = "temporal_auth_proxy_"
+OTHER_NAMESPACE = "_other_"
+CERT_LABELS = ("frontend", "frontend_client_ca", "internode", "internode_root_ca")
+
+# Latency buckets sized for a proxy hop: sub-millisecond up to long polls (~70 s).
+_REQUEST_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    90,
+)
+_AUTHZ_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class ProxyMetrics:
+    """Holds the metric families and hands out label children resolved once.
+
+    `namespace_labels` is the operator's allow-list: only then do `requests_total` and
+    `authz_decisions_total` carry a `namespace` label (others become `_other_`), keeping
+    cardinality bounded.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        method_names: Iterable[str],
+        namespace_labels: Iterable[str] = (),
+    ) -> None:
+        self.namespace_labels = frozenset(namespace_labels)
+        ns = ("namespace",) if self.namespace_labels else ()
+        self.requests_total = Counter(
+            PREFIX + "requests_total",
+            "gRPC calls answered by the proxy, by method and status code.",
+            ("method", "code", *ns),
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            PREFIX + "request_duration_seconds",
+            "Wall time of a call through the proxy, authorization and upstream included.",
+            ("method",),
+            buckets=_REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self.authz_decisions_total = Counter(
+            PREFIX + "authz_decisions_total",
+            "Authorization decisions, by decision, reason and credential type.",
+            ("decision", "reason", "auth_type", "mode", *ns),
+            registry=registry,
+        )
+        self.authz_duration = Histogram(
+            PREFIX + "authz_duration_seconds",
+            "Time spent mapping claims and authorizing one call.",
+            buckets=_AUTHZ_BUCKETS,
+            registry=registry,
+        )
+        self.jwks_refresh_total = Counter(
+            PREFIX + "jwks_refresh_total", "JWKS refresh attempts.", ("result",), registry=registry
+        )
+        self.jwks_keys = Gauge(
+            PREFIX + "jwks_keys",
+            "Verification keys currently loaded.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.jwks_last_success = Gauge(
+            PREFIX + "jwks_last_success_timestamp_seconds",
+            "Unix time of the last successful JWKS refresh.",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.tls_reload_total = Counter(
+            PREFIX + "tls_reload_total",
+            "Certificate reloads that found changed files.",
+            ("result",),
+            registry=registry,
+        )
+        self.certificate_expiry = Gauge(
+            PREFIX + "certificate_expiry_timestamp_seconds",
+            "NotAfter of the earliest-expiring certificate in each loaded set.",
+            ("cert",),
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.upstream_errors_total = Counter(
+            PREFIX + "upstream_errors_total",
+            "Calls whose upstream leg ended with a non-OK status, by code.",
+            ("code",),
+            registry=registry,
+        )
+        self.inflight = Gauge(
+            PREFIX + "inflight_requests",
+            "Calls currently being handled.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        for result in ("success", "failure"):
+            self.jwks_refresh_total.labels(result=result)
+            self.tls_reload_total.labels(result=result)
+        self._durations = {m: self.request_duration.labels(method=m) for m in method_names}
+        self._children: dict[tuple[str, ...], MetricWrapperBase] = {}
+
+    def namespace_label(self, namespace: str) -> str:
+        return namespace if namespace in self.namespace_labels else OTHER_NAMESPACE
+
+    def duration(self, method: str) -> Histogram:
+        child = self._durations.get(method)
+        if child is None:
+            child = self._durations[method] = self.request_duration.labels(method=method)
+        return child
+
+    def request(self, method: str, code: str, namespace: str = "") -> Counter:
+        ns = self.namespace_label(namespace) if self.namespace_labels else ""
+        key = ("r", method, code, ns)  # label values only: the cache stays bounded
+        child = self._children.get(key)
+        if child is None:
+            labels = [method, code, ns] if ns else [method, code]
+            child = self._children[key] = self.requests_total.labels(*labels)
+        return child  # type: ignore[return-value]  # children share the parent's class
+
+    def decision(
+        self, decision: Decision, reason: Reason, auth_type: str, mode: str, namespace: str = ""
+    ) -> Counter:
+        ns = self.namespace_label(namespace) if self.namespace_labels else ""
+        key = ("d", decision.value, reason.value, auth_type, mode, ns)
+        child = self._children.get(key)
+        if child is None:
+            labels = [decision.value, reason.value, auth_type, mode]
+            if ns:
+                labels.append(ns)
+            child = self._children[key] = self.authz_decisions_total.labels(*labels)
+        return child  # type: ignore[return-value]  # children share the parent's class
+
+    def on_jwks_refresh(self, success: bool, key_count: int, when: float) -> None:
+        self.jwks_refresh_total.labels(result="success" if success else "failure").inc()
+        if success:
+            self.jwks_keys.set(key_count)
+            self.jwks_last_success.set(when)
+
+    def on_tls_reload(self, success: bool) -> None:
+        self.tls_reload_total.labels(result="success" if success else "failure").inc()
+
+    def set_certificate_expiry(self, label: str, not_after: float) -> None:
+        self.certificate_expiry.labels(cert=label).set(not_after)

@@ -1,0 +1,182 @@
+"""Per call: credentials -> claims -> CallTarget -> decision. No grpc here, so it tests without
+sockets; `forward.py` turns a `Verdict` into a gRPC status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any, Literal
+
+from proxy.errors import CredentialError, MalformedRequestError
+from proxy.interfaces import AuthInfoOptional, Authorizer, ClaimMapper
+from proxy.metrics import ProxyMetrics
+from proxy.model import (
+    AuthInfo,
+    AuthType,
+    CallTarget,
+    Claims,
+    Decision,
+    MethodInfo,
+    PeerIdentity,
+    Reason,
+    Result,
+)
+from proxy.wire import extract_namespace
+
+DENIED_MESSAGE = "Request unauthorized."
+PERMISSION_DENIED_CODE = 7
+PERMISSION_DENIED_TYPE_URL = (
+    "type.googleapis.com/temporal.api.errordetails.v1.PermissionDeniedFailure"
+)
+
+Mode = Literal["enforce", "shadow"]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _len_field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def denial_status_bytes(reason: str = "") -> bytes:
+    """`google.rpc.Status{code: 7, message, details: [Any(PermissionDeniedFailure{reason})]}`.
+
+    Encoded by hand: the runtime needs neither googleapis-common-protos nor temporalio, and the
+    bytes are built once at startup.
+    """
+    failure = _len_field(1, reason.encode()) if reason else b""
+    any_msg = _len_field(1, PERMISSION_DENIED_TYPE_URL.encode()) + (
+        _len_field(2, failure) if failure else b""
+    )
+    return (
+        _varint(1 << 3 | 0)
+        + _varint(PERMISSION_DENIED_CODE)
+        + _len_field(2, DENIED_MESSAGE.encode())
+        + _len_field(3, any_msg)
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    result: Result
+    claims: Claims | None
+    namespace: str
+
+    @property
+    def allowed(self) -> bool:
+        return self.result.decision is Decision.ALLOW
+
+
+_AUTH_TYPES = {t.value: t.value for t in AuthType}
+
+
+def auth_type_label(claims: Claims | None) -> str:
+    if claims is None:
+        return AuthType.NONE.value
+    if claims.auth_type == "":
+        return AuthType.NOOP.value
+    return _AUTH_TYPES.get(claims.auth_type, AuthType.OTHER.value)
+
+
+class Gate:
+    """Decides one call exactly as Temporal's authorization interceptor would."""
+
+    def __init__(
+        self,
+        *,
+        claim_mapper: ClaimMapper,
+        authorizer: Authorizer,
+        metrics: ProxyMetrics,
+        logger: Any,
+        audience: str = "",
+        peer_always_verified: bool = False,
+        mode: Mode = "enforce",
+    ) -> None:
+        self._mapper = claim_mapper
+        self._authorizer = authorizer
+        self._metrics = metrics
+        self._log = logger
+        self._audience = audience
+        # With requireClientAuth every connection carries a verified certificate, so Temporal's
+        # "no token and no certificate -> anonymous" rule never applies.
+        self._peer_always_verified = peer_always_verified
+        self._mode: Mode = mode
+        self._auth_info_required = not (
+            isinstance(claim_mapper, AuthInfoOptional) and not claim_mapper.auth_info_required()
+        )
+
+    async def check(
+        self,
+        method: MethodInfo,
+        request: bytes,
+        *,
+        token: str = "",
+        extra: str = "",
+        peer: PeerIdentity | None = None,
+    ) -> Verdict:
+        started = perf_counter()
+        claims: Claims | None = None
+        namespace = ""
+        stage = Reason.CLAIM_MAPPER_ERROR
+        try:
+            namespace = extract_namespace(request, method.namespace_field)
+            if (
+                token
+                or peer is not None
+                or self._peer_always_verified
+                or not self._auth_info_required
+            ):
+                info = AuthInfo(token=token, extra=extra, peer=peer, audience=self._audience)
+                claims = await self._mapper.get_claims(info)
+            stage = Reason.AUTHORIZER_ERROR
+            result = await self._authorizer.authorize(
+                claims, CallTarget(api_name=method.full_name, namespace=namespace, request=request)
+            )
+        except MalformedRequestError as exc:
+            result = Result(decision=Decision.DENY, reason=Reason.MALFORMED_REQUEST)
+            self._log.warning("request_malformed", method=method.short_name, error=str(exc))
+        except CredentialError as exc:
+            result = Result(decision=Decision.DENY, reason=exc.reason)
+            self._log.warning(
+                "claims_failed", method=method.short_name, reason=exc.reason.value, error=exc.detail
+            )
+        except Exception as exc:  # a plugin's bug must deny, never crash or allow
+            result = Result(decision=Decision.DENY, reason=stage)
+            self._log.error(
+                "authorization_error",
+                method=method.short_name,
+                reason=stage.value,
+                error=repr(exc),
+            )
+        auth_type = auth_type_label(claims)
+        self._metrics.authz_duration.observe(perf_counter() - started)
+        self._metrics.decision(
+            result.decision, result.reason, auth_type, self._mode, namespace
+        ).inc()
+        if result.decision is not Decision.ALLOW:
+            self._log.warning(
+                "authz_denied" if self._mode == "enforce" else "authz_would_deny",
+                subject=claims.subject if claims is not None else "",
+                auth_type=auth_type,
+                method=method.short_name,
+                namespace=namespace,
+                reason=result.reason.value,
+                mode=self._mode,
+            )
+            if self._mode == "shadow":
+                return Verdict(
+                    result=Result(decision=Decision.ALLOW, reason=result.reason),
+                    claims=claims,
+                    namespace=namespace,
+                )
+        return Verdict(result=result, claims=claims, namespace=namespace)
