@@ -1,0 +1,50 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CERTS  := certs-dev
+
+.PHONY: run test lint typecheck unit e2e protos bench clean venv certs
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,worker]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+certs: $(STAMP)
+	$(BIN)/temporal-auth-proxy certs-dev --out $(CERTS)
+
+## make run: dev PKI + JWT key, a Temporal dev server on 127.0.0.1:17233, the proxy on :7233
+run: certs
+	TAP_ROOT=$(CURDIR) ./deploy/dev/run.sh
+
+## make test: lint, type-check, then the whole suite (end-to-end tests included)
+test: $(STAMP) lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check proxy tests bench
+	$(BIN)/ruff format --check proxy tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q -m "not e2e"
+
+e2e: $(STAMP)
+	$(BIN)/pytest -q -m e2e
+
+## make protos: regenerate proxy/_pb from protos/ (a test fails when they are stale)
+protos: $(STAMP)
+	$(BIN)/python protos/generate.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
