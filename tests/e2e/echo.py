@@ -27,6 +27,8 @@ class _Echo(grpc.GenericRpcHandler):
         method = details.method
 
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            if method == "/grpc.health.v1.Health/Check":
+                return b"\x08\x01"  # SERVING, so the proxy's readiness passes
             md = [(k, v.hex() if isinstance(v, bytes) else v)
                   for k, v in context.invocation_metadata() or ()]
             fail = dict(md).get("x-echo-fail")

@@ -179,6 +179,7 @@ class TLSTerminator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
         self.start()
 
@@ -198,6 +199,8 @@ class TLSTerminator:
                         await self._server.serve_forever()
 
             loop.run_until_complete(main())
+            # Let the aborted transports really close their sockets before the loop goes.
+            loop.run_until_complete(asyncio.sleep(0.2))
             loop.close()
 
         self._thread = threading.Thread(target=run, daemon=True)
@@ -207,12 +210,14 @@ class TLSTerminator:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self._writers.add(writer)
         try:
             up_r, up_w = await asyncio.wait_for(
                 asyncio.open_connection(LOOPBACK, self.target_port), 5)
         except OSError:
             writer.close()
             return
+        self._writers.add(up_w)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
@@ -236,8 +241,9 @@ class TLSTerminator:
         def close_all() -> None:
             assert self._server is not None
             self._server.close()
-            with contextlib.suppress(AttributeError):
-                self._server.close_clients()  # 3.13+
+            for w in self._writers:
+                w.transport.abort()  # like a crashed upstream: no goodbye
+            self._writers.clear()
             for task in asyncio.all_tasks(loop):
                 task.cancel()
 
