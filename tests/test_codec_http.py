@@ -1,0 +1,632 @@
+"""proxy.codec_http over a real aiohttp server on 127.0.0.1, with real signed tokens, and the
+SDK adapter (proxy.sdk_codec) talking to it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from aiohttp import ClientResponse, ClientSession, web
+from aiohttp.test_utils import TestServer
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payload as TemporalPayload
+from temporalio.converter import DataConverter
+
+from proxy.claims.jwt import DefaultJWTClaimMapper
+from proxy.codec import KeyRing, Payload, PayloadCodec
+from proxy.codec_http import codec_requires_authorization, codec_routes
+from proxy.config import CorsConfig, parse_config
+from proxy.errors import ConfigError
+from proxy.keys import StaticKeyProvider
+from proxy.model import AuthInfo, Claims
+from proxy.sdk_codec import EncryptionCodec
+from tests.jwt_helpers import rs256_token, rsa_key
+
+KEY_OLD = bytes(range(32))
+KEY_NEW = bytes(range(50, 82))
+KEY_NS = bytes(range(200, 232))
+UI = "https://ui.example.test"
+OTHER = "https://evil.example.test"
+
+
+def make_codec() -> PayloadCodec:
+    ring = KeyRing({"old": KEY_OLD, "new": KEY_NEW, "ns-key": KEY_NS})
+    return PayloadCodec(ring, encrypt_key_id="new", namespace_keys={"billing": "ns-key"})
+
+
+def token(*permissions: str, sub: str = "someone") -> str:
+    claims = {"sub": sub, "permissions": list(permissions), "exp": int(time.time()) + 600}
+    return "Bearer " + rs256_token(claims)
+
+
+READER = token("orders:read", sub="reader")
+WRITER = token("orders:write", "billing:write", sub="writer")
+SYSTEM = token("temporal-system:admin", sub="operator")
+WORKER_ONLY = token("orders:worker", sub="worker")
+
+
+def mapper() -> DefaultJWTClaimMapper:
+    return DefaultJWTClaimMapper(StaticKeyProvider({"rsa1": rsa_key().public_key()}))
+
+
+def plain_json(data: bytes, encoding: bytes = b"json/plain") -> dict[str, Any]:
+    return {
+        "metadata": {"encoding": base64.b64encode(encoding).decode()},
+        "data": base64.b64encode(data).decode(),
+    }
+
+
+def from_json(item: dict[str, Any]) -> TemporalPayload:
+    """Temporal's own JSON mapping, to check the answer independently of our message class."""
+    return json_format.ParseDict(item, TemporalPayload())
+
+
+Start = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    servers: list[TestServer] = []
+
+    async def _start(**overrides: Any) -> str:
+        kwargs: dict[str, Any] = {
+            "claim_mapper": mapper(),
+            "require_authorization": True,
+            "cors": CorsConfig(origins=(UI,)),
+        }
+        kwargs.update(overrides)
+        codec = kwargs.pop("codec", None) or make_codec()
+        app = web.Application()
+        app.add_routes(codec_routes(codec, **kwargs))
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("")).rstrip("/")
+
+    yield _start
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[ClientSession]:
+    async with ClientSession() as session:
+        yield session
+
+
+async def post(
+    http: ClientSession,
+    url: str,
+    body: Any,
+    auth: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[ClientResponse, Any]:
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    if auth is not None:
+        hdrs["Authorization"] = auth
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async with http.post(url, data=data, headers=hdrs) as resp:
+        text = await resp.text()
+        assert resp.content_type == "application/json", text
+        return resp, json.loads(text)
+
+
+# -------------------------------------------------------------------------- round trips
+
+
+async def test_encode_then_decode_round_trip_and_bytes(start: Start, http: ClientSession) -> None:
+    base = await start()
+    items = [plain_json(b'{"card":"4111"}'), plain_json(b"", b"binary/null")]
+    resp, encoded = await post(http, f"{base}/orders/encode", {"payloads": items}, WRITER)
+    assert resp.status == 200, encoded
+    assert len(encoded["payloads"]) == 2
+    for sent, got in zip(items, encoded["payloads"], strict=True):
+        outer = from_json(got)
+        assert outer.metadata["encoding"] == b"binary/encrypted"
+        assert outer.metadata["encryption-key-id"] == b"new"
+        # Independent decryption: nonce first, then ciphertext+tag, no associated data.
+        inner = AESGCM(KEY_NEW).decrypt(outer.data[:12], outer.data[12:], None)
+        assert TemporalPayload.FromString(inner) == from_json(sent)
+    resp, decoded = await post(http, f"{base}/orders/decode", encoded, READER)
+    assert resp.status == 200, decoded
+    assert [from_json(p) for p in decoded["payloads"]] == [from_json(p) for p in items]
+
+
+async def test_decode_without_namespace_in_path_uses_x_namespace(
+    start: Start, http: ClientSession
+) -> None:
+    base = await start()
+    [sealed] = make_codec().encode([from_json_ours(plain_json(b"42"))])
+    body = {"payloads": [to_json(sealed)]}
+    resp, answer = await post(http, f"{base}/decode", body, READER, {"X-Namespace": "orders"})
+    assert resp.status == 200, answer
+    assert from_json(answer["payloads"][0]).data == b"42"
+    # Without any namespace the reader has no role ("" is system roles only).
+    resp, answer = await post(http, f"{base}/decode", body, READER)
+    assert resp.status == 403
+    assert answer == {"error": "Request unauthorized."}
+
+
+async def test_namespace_key_is_used_for_that_namespace(start: Start, http: ClientSession) -> None:
+    base = await start()
+    body = {"payloads": [plain_json(b"x")]}
+    _, billing = await post(http, f"{base}/encode", body, WRITER, {"X-Namespace": "billing"})
+    _, orders = await post(http, f"{base}/orders/encode", body, WRITER)
+    assert from_json(billing["payloads"][0]).metadata["encryption-key-id"] == b"ns-key"
+    assert from_json(orders["payloads"][0]).metadata["encryption-key-id"] == b"new"
+
+
+async def test_old_key_still_decodes_over_http(start: Start, http: ClientSession) -> None:
+    base = await start()
+    retired = PayloadCodec(KeyRing({"old": KEY_OLD}), encrypt_key_id="old")
+    [sealed] = retired.encode([from_json_ours(plain_json(b"legacy"))])
+    resp, answer = await post(
+        http, f"{base}/orders/decode", {"payloads": [to_json(sealed)]}, READER
+    )
+    assert resp.status == 200
+    assert from_json(answer["payloads"][0]).data == b"legacy"
+
+
+async def test_download_decodes_and_passes_references_through(
+    start: Start, http: ClientSession
+) -> None:
+    base = await start()
+    [sealed] = make_codec().encode([from_json_ours(plain_json(b"blob"))])
+    reference = plain_json(b'{"driver":"s3"}', b"json/external-storage-reference")
+    body = {"payloads": [to_json(sealed), reference]}
+    resp, answer = await post(http, f"{base}/orders/download", body, READER)
+    assert resp.status == 200, answer
+    assert from_json(answer["payloads"][0]).data == b"blob"
+    assert from_json(answer["payloads"][1]) == from_json(reference)
+
+
+async def test_unknown_query_parameters_are_ignored(start: Start, http: ClientSession) -> None:
+    base = await start()
+    [sealed] = make_codec().encode([from_json_ours(plain_json(b"q"))])
+    url = f"{base}/orders/decode?preserveStorageRefs=true&whatever=1"
+    resp, answer = await post(http, url, {"payloads": [to_json(sealed)]}, READER)
+    assert resp.status == 200, answer
+    assert from_json(answer["payloads"][0]).data == b"q"
+
+
+async def test_empty_payload_list_answers_an_empty_list(start: Start, http: ClientSession) -> None:
+    base = await start()
+    resp, answer = await post(http, f"{base}/orders/decode", {"payloads": []}, READER)
+    assert resp.status == 200
+    assert answer == {"payloads": []}
+
+
+# -------------------------------------------------------------------------- authorization
+
+
+async def test_reader_can_decode_but_cannot_encode(start: Start, http: ClientSession) -> None:
+    base = await start()
+    body = {"payloads": [plain_json(b"x")]}
+    with structlog.testing.capture_logs() as logs:
+        resp, answer = await post(http, f"{base}/orders/encode", body, READER)
+    assert resp.status == 403
+    assert answer == {"error": "Request unauthorized."}
+    [event] = [e for e in logs if e["event"] == "codec_denied"]
+    assert event["reason"] == "insufficient_role"
+    assert event["namespace"] == "orders" and event["operation"] == "encode"
+    assert event["subject"] == "reader"
+    assert READER.split()[1] not in json.dumps(logs, default=str)
+    resp, _ = await post(http, f"{base}/orders/decode", body, READER)
+    assert resp.status == 200
+
+
+async def test_writer_can_encode_only_in_its_namespaces(start: Start, http: ClientSession) -> None:
+    base = await start()
+    body = {"payloads": [plain_json(b"x")]}
+    resp, _ = await post(http, f"{base}/orders/encode", body, WRITER)
+    assert resp.status == 200
+    resp, answer = await post(http, f"{base}/shipping/encode", body, WRITER)
+    assert resp.status == 403, answer
+
+
+async def test_worker_role_is_below_reader(start: Start, http: ClientSession) -> None:
+    base = await start()
+    resp, _ = await post(http, f"{base}/orders/decode", {"payloads": []}, WORKER_ONLY)
+    assert resp.status == 403
+
+
+async def test_system_role_works_on_any_namespace(start: Start, http: ClientSession) -> None:
+    base = await start()
+    body = {"payloads": [plain_json(b"x")]}
+    for ns in ("orders", "anything-else", "temporal-system"):
+        resp, encoded = await post(http, f"{base}/{ns}/encode", body, SYSTEM)
+        assert resp.status == 200, (ns, encoded)
+        resp, decoded = await post(http, f"{base}/decode", encoded, SYSTEM, {"X-Namespace": ns})
+        assert resp.status == 200, (ns, decoded)
+    resp, _ = await post(http, f"{base}/encode", body, SYSTEM)
+    assert resp.status == 200
+
+
+@pytest.mark.parametrize(
+    ("auth", "reason"),
+    [
+        (None, "token_required"),
+        ("", "token_required"),
+        ("Bearer not.a.jwt", "bad_token_format"),
+        ("Basic dXNlcjpwYXNz", "bad_token_format"),
+    ],
+)
+async def test_missing_or_bad_token_is_403(
+    start: Start, http: ClientSession, auth: str | None, reason: str
+) -> None:
+    base = await start()
+    with structlog.testing.capture_logs() as logs:
+        resp, answer = await post(http, f"{base}/orders/decode", {"payloads": []}, auth)
+    assert resp.status == 403
+    assert answer == {"error": "Request unauthorized."}
+    assert [e["reason"] for e in logs if e["event"] == "codec_denied"] == [reason]
+    if auth:
+        assert auth.split()[1] not in json.dumps(logs, default=str)
+
+
+async def test_expired_token_is_403(start: Start, http: ClientSession) -> None:
+    base = await start()
+    expired = "Bearer " + rs256_token(
+        {"sub": "late", "permissions": ["orders:read"], "exp": int(time.time()) - 10}
+    )
+    resp, answer = await post(http, f"{base}/orders/decode", {"payloads": []}, expired)
+    assert resp.status == 403
+    assert answer == {"error": "Request unauthorized."}
+
+
+class _ExplodingMapper:
+    async def get_claims(self, auth_info: AuthInfo) -> Claims:
+        raise RuntimeError(f"boom with {auth_info.token}")
+
+
+class _RecordingMapper:
+    def __init__(self) -> None:
+        self.seen: list[AuthInfo] = []
+
+    async def get_claims(self, auth_info: AuthInfo) -> Claims:
+        self.seen.append(auth_info)
+        return Claims()
+
+
+async def test_claim_mapper_crash_fails_closed(start: Start, http: ClientSession) -> None:
+    base = await start(claim_mapper=_ExplodingMapper())
+    with structlog.testing.capture_logs() as logs:
+        resp, answer = await post(http, f"{base}/orders/decode", {"payloads": []}, "Bearer s3cr3t")
+    assert resp.status == 403
+    assert answer == {"error": "Request unauthorized."}
+    assert "s3cr3t" not in json.dumps(logs, default=str)
+
+
+async def test_extra_header_and_custom_header_names_reach_the_mapper(
+    start: Start, http: ClientSession
+) -> None:
+    recorder = _RecordingMapper()
+    base = await start(
+        claim_mapper=recorder,
+        auth_header_name="x-token",
+        extra_header_name="x-extra",
+        audience="aud",
+    )
+    headers = {"X-Token": "Bearer t", "X-Extra": "more"}
+    resp, _ = await post(http, f"{base}/orders/decode", {"payloads": []}, None, headers)
+    assert resp.status == 403  # the recorder grants nothing
+    [info] = recorder.seen
+    assert (info.token, info.extra, info.audience) == ("Bearer t", "more", "aud")
+
+
+async def test_no_authorization_when_not_required(start: Start, http: ClientSession) -> None:
+    base = await start(claim_mapper=None, require_authorization=False)
+    resp, encoded = await post(http, f"{base}/encode", {"payloads": [plain_json(b"open")]})
+    assert resp.status == 200
+    resp, decoded = await post(http, f"{base}/decode", encoded)
+    assert from_json(decoded["payloads"][0]).data == b"open"
+
+
+def test_required_authorization_needs_a_claim_mapper() -> None:
+    with pytest.raises(ConfigError) as info:
+        codec_routes(make_codec(), claim_mapper=None, require_authorization=True, cors=CorsConfig())
+    assert info.value.path == "codec.requireAuthorization"
+
+
+@pytest.mark.parametrize(
+    ("authorization", "codec", "expected"),
+    [
+        ({"claimMapper": "noop"}, {}, False),
+        ({"jwtKeyProvider": {"keySourceURIs": ["file:///jwks.json"]}}, {}, True),
+        ({"claimMapper": "noop"}, {"requireAuthorization": True}, True),
+        (
+            {"jwtKeyProvider": {"keySourceURIs": ["file:///jwks.json"]}},
+            {"requireAuthorization": False},
+            False,
+        ),
+    ],
+)
+def test_require_authorization_default(
+    authorization: dict[str, Any], codec: dict[str, Any], expected: bool
+) -> None:
+    cfg = parse_config(
+        {"upstream": {"address": "up:7233"}, "authorization": authorization, "codec": codec},
+        env={},
+    )
+    assert codec_requires_authorization(cfg) is expected
+
+
+# -------------------------------------------------------------------------- bad requests
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"\xff\xfe",
+        b"[]",
+        b'"payloads"',
+        b"{}",
+        b'{"payloads": 5}',
+        b'{"payloads": [{"data": 7}]}',
+        b'{"payloads": [{"metadata": []}]}',
+        b"[" * 100000,
+    ],
+)
+async def test_malformed_body_is_400_json(start: Start, http: ClientSession, body: bytes) -> None:
+    base = await start()
+    resp, answer = await post(http, f"{base}/orders/decode", body, READER)
+    assert resp.status == 400
+    assert isinstance(answer["error"], str) and answer["error"]
+    assert "Traceback" not in answer["error"]
+
+
+async def test_garbage_ciphertext_is_400_json(start: Start, http: ClientSession) -> None:
+    base = await start()
+    garbage = {
+        "metadata": {
+            "encoding": base64.b64encode(b"binary/encrypted").decode(),
+            "encryption-key-id": base64.b64encode(b"new").decode(),
+        },
+        "data": base64.b64encode(b"\x00" * 64).decode(),
+    }
+    resp, answer = await post(http, f"{base}/orders/decode", {"payloads": [garbage]}, READER)
+    assert resp.status == 400
+    assert "failed authentication" in answer["error"]
+    garbage["metadata"]["encryption-key-id"] = base64.b64encode(b"nope").decode()
+    resp, answer = await post(http, f"{base}/orders/decode", {"payloads": [garbage]}, READER)
+    assert resp.status == 400
+    assert "unknown encryption key id 'nope'" in answer["error"]
+
+
+class _BuggyCodec(PayloadCodec):
+    def decode(self, payloads: Any) -> Any:
+        raise RuntimeError("bug with internals")
+
+
+async def test_unexpected_failure_is_a_json_500_without_details(
+    start: Start, http: ClientSession
+) -> None:
+    codec = _BuggyCodec(KeyRing({"k": KEY_OLD}), encrypt_key_id="k")
+    base = await start(codec=codec)
+    with structlog.testing.capture_logs() as logs:
+        resp, answer = await post(http, f"{base}/orders/decode", {"payloads": []}, READER)
+    assert resp.status == 500
+    assert answer == {"error": "internal error"}
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["codec_failed"]
+
+
+async def test_path_and_header_namespaces_must_agree(start: Start, http: ClientSession) -> None:
+    base = await start()
+    resp, answer = await post(
+        http, f"{base}/orders/decode", {"payloads": []}, SYSTEM, {"X-Namespace": "billing"}
+    )
+    assert resp.status == 400
+    assert "X-Namespace" in answer["error"]
+
+
+async def test_body_over_the_limit_is_413(start: Start, http: ClientSession) -> None:
+    base = await start(max_body_size=1024)
+    body = {"payloads": [plain_json(b"x" * 2000)]}
+    resp, answer = await post(http, f"{base}/orders/encode", body, WRITER)
+    assert resp.status == 413
+    assert "larger than 1024" in answer["error"]
+
+
+async def test_large_body_is_processed_off_the_loop(start: Start, http: ClientSession) -> None:
+    base = await start()
+    big = [plain_json(bytes(range(256)) * 1024) for _ in range(4)]  # > 1 MiB of JSON
+    resp, encoded = await post(http, f"{base}/orders/encode", {"payloads": big}, WRITER)
+    assert resp.status == 200
+    resp, decoded = await post(http, f"{base}/orders/decode", encoded, READER)
+    assert [from_json(p) for p in decoded["payloads"]] == [from_json(p) for p in big]
+
+
+# -------------------------------------------------------------------------- CORS
+
+
+async def test_cors_preflight_for_an_allowed_origin(start: Start, http: ClientSession) -> None:
+    base = await start()
+    headers = {
+        "Origin": UI,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type,x-namespace",
+    }
+    for path in ("/decode", "/encode", "/orders/decode", "/download"):
+        async with http.options(base + path, headers=headers) as resp:
+            assert resp.status == 204
+            assert resp.headers["Access-Control-Allow-Origin"] == UI
+            assert resp.headers["Access-Control-Allow-Methods"] == "POST"
+            allowed = {h.strip() for h in resp.headers["Access-Control-Allow-Headers"].split(",")}
+            assert allowed == {
+                "Authorization",
+                "Authorization-Extras",
+                "X-Namespace",
+                "Content-Type",
+            }
+            assert "Access-Control-Allow-Credentials" not in resp.headers
+            assert "Origin" in resp.headers.getall("Vary")
+
+
+async def test_no_cors_headers_for_another_origin(start: Start, http: ClientSession) -> None:
+    base = await start()
+    async with http.options(
+        f"{base}/decode", headers={"Origin": OTHER, "Access-Control-Request-Method": "POST"}
+    ) as resp:
+        assert not [h for h in resp.headers if h.lower().startswith("access-control-")]
+    resp, _ = await post(http, f"{base}/orders/decode", {"payloads": []}, READER, {"Origin": OTHER})
+    assert resp.status == 200
+    assert not [h for h in resp.headers if h.lower().startswith("access-control-")]
+
+
+async def test_cors_headers_on_answers_and_errors(start: Start, http: ClientSession) -> None:
+    base = await start()
+    resp, _ = await post(http, f"{base}/orders/decode", {"payloads": []}, READER, {"Origin": UI})
+    assert resp.status == 200
+    assert resp.headers["Access-Control-Allow-Origin"] == UI
+    # The UI must be able to read a denial, not see an opaque CORS failure.
+    resp, _ = await post(http, f"{base}/orders/encode", {"payloads": []}, READER, {"Origin": UI})
+    assert resp.status == 403
+    assert resp.headers["Access-Control-Allow-Origin"] == UI
+
+
+async def test_cors_allow_credentials(start: Start, http: ClientSession) -> None:
+    base = await start(
+        cors=CorsConfig(origins=(UI, "http://localhost:8233"), allow_credentials=True)
+    )
+    async with http.options(
+        f"{base}/decode",
+        headers={"Origin": "http://localhost:8233", "Access-Control-Request-Method": "POST"},
+    ) as resp:
+        assert resp.headers["Access-Control-Allow-Origin"] == "http://localhost:8233"
+        assert resp.headers["Access-Control-Allow-Credentials"] == "true"
+    resp, _ = await post(http, f"{base}/orders/decode", {"payloads": []}, READER, {"Origin": UI})
+    assert resp.headers["Access-Control-Allow-Credentials"] == "true"
+
+
+# -------------------------------------------------------------------------- SDK adapter
+
+
+def sdk_codec() -> EncryptionCodec:
+    return EncryptionCodec({"old": KEY_OLD, "new": KEY_NEW}, encrypt_key_id="new")
+
+
+async def test_sdk_codec_round_trips_through_a_data_converter() -> None:
+    converter = dataclasses.replace(DataConverter.default, payload_codec=sdk_codec())
+    encoded = await converter.encode(["hello", {"n": 1}])
+    assert all(p.metadata["encoding"] == b"binary/encrypted" for p in encoded)
+    assert all(p.metadata["encryption-key-id"] == b"new" for p in encoded)
+    inner = AESGCM(KEY_NEW).decrypt(encoded[0].data[:12], encoded[0].data[12:], None)
+    assert TemporalPayload.FromString(inner).data == b'"hello"'
+    assert await converter.decode(encoded) == ["hello", {"n": 1}]
+
+
+async def test_sdk_codec_passes_plain_payloads_through() -> None:
+    p = TemporalPayload(metadata={"encoding": b"json/plain"}, data=b"1")
+    [out] = await sdk_codec().decode([p])
+    assert out == p
+
+
+async def test_sdk_encodes_server_decodes(start: Start, http: ClientSession) -> None:
+    base = await start()
+    original = TemporalPayload(metadata={"encoding": b"json/plain"}, data=b'"from the worker"')
+    [sealed] = await sdk_codec().encode([original])
+    body = {"payloads": [json_format.MessageToDict(sealed)]}
+    resp, answer = await post(http, f"{base}/orders/decode", body, READER)
+    assert resp.status == 200, answer
+    assert from_json(answer["payloads"][0]) == original
+
+
+async def test_server_encodes_sdk_decodes(start: Start, http: ClientSession) -> None:
+    base = await start()
+    body = {"payloads": [plain_json(b'"from the UI"')]}
+    resp, answer = await post(http, f"{base}/orders/encode", body, WRITER)
+    assert resp.status == 200
+    [decoded] = await sdk_codec().decode([from_json(answer["payloads"][0])])
+    assert decoded.data == b'"from the UI"'
+
+
+async def test_sdk_codec_from_core_codec_uses_namespace_key() -> None:
+    codec = EncryptionCodec.from_codec(make_codec(), namespace="billing")
+    [sealed] = await codec.encode([TemporalPayload(data=b"x")])
+    assert sealed.metadata["encryption-key-id"] == b"ns-key"
+    assert (await codec.decode([sealed]))[0].data == b"x"
+
+
+# -------------------------------------------------------------------------- helpers
+
+
+def from_json_ours(item: dict[str, Any]) -> Payload:
+    return json_format.ParseDict(item, Payload())
+
+
+def to_json(payload: Any) -> dict[str, Any]:
+    result: dict[str, Any] = json_format.MessageToDict(payload)
+    return result
+
+
+# -------------------------------------------------------------------------- the real CLI
+
+
+def _started_input(show_json: str) -> dict[str, Any]:
+    for event in json.loads(show_json)["events"]:
+        attrs = event.get("workflowExecutionStartedEventAttributes")
+        if attrs is not None:
+            payload: dict[str, Any] = attrs["input"]["payloads"][0]
+            return payload
+    raise AssertionError("no WorkflowExecutionStarted event")
+
+
+@pytest.mark.e2e
+async def test_temporal_cli_decodes_through_the_codec_endpoint(
+    start: Start, tmp_path: Path
+) -> None:
+    """A worker with EncryptionCodec writes history; `temporal workflow show` reads it back
+    through these routes (the CLI's own request format: POST /decode, X-Namespace,
+    Authorization from --codec-auth). The gRPC leg goes straight to the dev server here; the
+    same check through the proxy belongs to the e2e suite."""
+    from temporalio.client import Client
+    from temporalio.worker import Worker
+
+    from tests.e2e.rig import TEMPORAL, TemporalDevServer
+    from tests.e2e.workflows import GreetingWorkflow, greet
+
+    dev = await asyncio.to_thread(TemporalDevServer, tmp_path, ())
+    try:
+        base = await start()
+        converter = dataclasses.replace(DataConverter.default, payload_codec=sdk_codec())
+        client = await Client.connect(dev.address, data_converter=converter)
+        workflow_id = f"codec-{uuid.uuid4()}"
+        async with Worker(
+            client, task_queue=workflow_id, workflows=[GreetingWorkflow], activities=[greet]
+        ):
+            result = await client.execute_workflow(
+                GreetingWorkflow.run, "sekrit-name", id=workflow_id, task_queue=workflow_id
+            )
+        assert result == "Hello, sekrit-name!"
+
+        def show(*codec_args: str) -> str:
+            args = [TEMPORAL, "workflow", "show", "--address", dev.address]
+            args += ["--workflow-id", workflow_id, "--output", "json", *codec_args]
+            done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        raw = _started_input(await asyncio.to_thread(show))
+        assert base64.b64decode(raw["metadata"]["encoding"]) == b"binary/encrypted"
+        assert b"sekrit-name" not in base64.b64decode(raw["data"])
+        reader = token("default:read", sub="cli-user")
+        for endpoint in (base, base + "/{namespace}"):
+            decoded = _started_input(
+                await asyncio.to_thread(show, "--codec-endpoint", endpoint, "--codec-auth", reader)
+            )
+            assert base64.b64decode(decoded["metadata"]["encoding"]) == b"json/plain"
+            assert base64.b64decode(decoded["data"]) == b'"sekrit-name"'
+    finally:
+        await asyncio.to_thread(dev.stop)
