@@ -1,0 +1,463 @@
+"""JWT verification keys: a JWKS provider with a refresh loop, and a static provider.
+
+Temporal's default token key provider semantics (spec §3): RSA and EC keys live in separate kid
+maps, a refresh is all-or-nothing across the URIs, the previous set is kept on failure, and a
+kid miss never triggers a refresh. Where we differ on purpose: fetches have a timeout, a non-2xx
+HTTP answer is a failed fetch, and until a set was ever loaded every lookup fails with NO_KEYS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from proxy.errors import CredentialError, KeySourceError
+from proxy.model import Reason
+
+# A JWKS document is small; anything this large is a misconfigured URI, not a key set.
+MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
+
+_EC_CURVES: Mapping[str, tuple[type[ec.EllipticCurve], int]] = {
+    "P-256": (ec.SECP256R1, 32),
+    "P-384": (ec.SECP384R1, 48),
+    "P-521": (ec.SECP521R1, 66),
+}
+_B64URL_CHARS = re.compile(r"[A-Za-z0-9_-]*")
+
+
+class Logger(Protocol):
+    """The part of a structlog BoundLogger this module uses."""
+
+    def info(self, event: str, **kw: Any) -> Any: ...
+
+    def warning(self, event: str, **kw: Any) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class KeySet:
+    """One immutable key set; swapped as a single reference on refresh."""
+
+    rsa: Mapping[str, rsa.RSAPublicKey] = field(default_factory=lambda: MappingProxyType({}))
+    ec: Mapping[str, ec.EllipticCurvePublicKey] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    skipped: int = 0
+
+    @property
+    def key_count(self) -> int:
+        return len(self.rsa) + len(self.ec)
+
+    def get(self, alg: str, kid: str) -> PublicKeyTypes:
+        # Temporal looks RS256 kids up only among RSA keys and ES256 kids only among EC keys.
+        key: PublicKeyTypes | None
+        if alg == "RS256":
+            key = self.rsa.get(kid)
+            kind = "RSA"
+        elif alg == "ES256":
+            key = self.ec.get(kid)
+            kind = "EC"
+        else:
+            raise CredentialError(Reason.UNSUPPORTED_ALGORITHM, "unsupported signing algorithm")
+        if key is None:
+            raise CredentialError(Reason.UNKNOWN_KEY, f"no {kind} key for kid {_short(kid)}")
+        return key
+
+
+def _short(text: str) -> str:
+    # A kid is neither a secret nor key material, but it is caller-controlled: bound it.
+    return repr(text[:64])
+
+
+# ------------------------------------------------------------------------------- JWKS parsing
+
+
+def _b64url_field(jwk: Mapping[str, Any], name: str, *, required: bool = True) -> bytes | None:
+    value = jwk.get(name)
+    if value is None:
+        if required:
+            raise KeySourceError(f"missing {name!r}")
+        return None
+    if not isinstance(value, str):
+        raise KeySourceError(f"{name!r} is not a string")
+    # go-jose tolerates trailing padding on JWK members, but no other stray characters.
+    value = value.rstrip("=")
+    if not _B64URL_CHARS.fullmatch(value) or len(value) % 4 == 1:
+        raise KeySourceError(f"{name!r} is not base64url")
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+def _parse_rsa(jwk: Mapping[str, Any]) -> rsa.RSAPublicKey:
+    n = _b64url_field(jwk, "n")
+    e = _b64url_field(jwk, "e")
+    assert n is not None and e is not None
+    if not n or not e:
+        raise KeySourceError("empty RSA modulus or exponent")
+    try:
+        return rsa.RSAPublicNumbers(int.from_bytes(e, "big"), int.from_bytes(n, "big")).public_key()
+    except ValueError as exc:
+        raise KeySourceError("invalid RSA public key") from exc
+
+
+def _parse_ec(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey:
+    crv = jwk.get("crv")
+    if not isinstance(crv, str) or crv not in _EC_CURVES:
+        raise KeySourceError("unsupported elliptic curve")
+    curve, size = _EC_CURVES[crv]
+    x = _b64url_field(jwk, "x")
+    y = _b64url_field(jwk, "y")
+    assert x is not None and y is not None
+    if len(x) != size or len(y) != size:
+        raise KeySourceError("wrong length for EC coordinates")
+    try:
+        return ec.EllipticCurvePublicNumbers(
+            int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve()
+        ).public_key()
+    except ValueError as exc:  # not on the curve
+        raise KeySourceError("invalid EC public key") from exc
+
+
+def _check_x5(jwk: Mapping[str, Any], key: PublicKeyTypes | None) -> None:
+    """x5c / x5t / x5t#S256 must be well formed and agree with the key (go-jose does this)."""
+    chain = jwk.get("x5c")
+    leaf: x509.Certificate | None = None
+    if chain is not None:
+        if not isinstance(chain, list) or not all(isinstance(c, str) for c in chain):
+            raise KeySourceError("'x5c' is not a list of strings")
+        try:
+            certs = [
+                x509.load_der_x509_certificate(base64.b64decode(c, validate=True)) for c in chain
+            ]
+        except (binascii.Error, ValueError) as exc:
+            raise KeySourceError("'x5c' holds an unparseable certificate") from exc
+        if certs:
+            leaf = certs[0]
+            if key is not None and leaf.public_key() != key:
+                raise KeySourceError("'x5c' certificate does not match the key")
+    for name, digest, size in (("x5t", hashlib.sha1, 20), ("x5t#S256", hashlib.sha256, 32)):
+        thumb = _b64url_field(jwk, name, required=False)
+        if thumb is None:
+            continue
+        if len(thumb) != size:
+            raise KeySourceError(f"{name!r} has the wrong length")
+        if leaf is not None:
+            der = leaf.public_bytes(Encoding.DER)
+            if digest(der).digest() != thumb:
+                raise KeySourceError(f"{name!r} does not match the 'x5c' certificate")
+
+
+def parse_jwks(document: bytes | str, logger: Logger | None = None) -> KeySet:
+    """Parse a JWKS document into a KeySet; raise KeySourceError if any JWK is unparseable.
+
+    Usable keys: public RSA and public EC (P-256/384/521). `oct`, OKP Ed25519 and private keys
+    are valid JWKs Temporal does not use: skipped with a warning. Anything else fails the whole
+    document, as in Temporal.
+    """
+    log = logger if logger is not None else structlog.get_logger()
+    try:
+        doc = json.loads(document)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise KeySourceError("document is not valid JSON") from exc
+    if not isinstance(doc, dict):
+        raise KeySourceError("document is not a JSON object")
+    keys = doc.get("keys")
+    # `{}` is an empty (but valid) key set in Temporal: it replaces the keys.
+    if keys is None:
+        keys = []
+    if not isinstance(keys, list):
+        raise KeySourceError("'keys' is not a list")
+    rsa_keys: dict[str, rsa.RSAPublicKey] = {}
+    ec_keys: dict[str, ec.EllipticCurvePublicKey] = {}
+    skipped = 0
+    for index, jwk in enumerate(keys):
+        try:
+            if not isinstance(jwk, dict):
+                raise KeySourceError("not a JSON object")
+            kid = jwk.get("kid", "")
+            if not isinstance(kid, str):
+                raise KeySourceError("'kid' is not a string")
+            kty = jwk.get("kty")
+            if not isinstance(kty, str):
+                raise KeySourceError("missing 'kty'")
+            private = "d" in jwk
+            key: PublicKeyTypes | None = None
+            if kty == "RSA":
+                key = _parse_rsa(jwk)
+            elif kty == "EC":
+                key = _parse_ec(jwk)
+            elif kty == "oct":
+                _b64url_field(jwk, "k")
+            elif kty == "OKP":
+                if jwk.get("crv") != "Ed25519":
+                    raise KeySourceError("unsupported OKP curve")
+                x = _b64url_field(jwk, "x")
+                if x is None or len(x) != 32:
+                    raise KeySourceError("invalid Ed25519 key")
+            else:
+                raise KeySourceError("unknown 'kty'")
+            if private:
+                _b64url_field(jwk, "d")
+            _check_x5(jwk, key)
+        except KeySourceError as exc:
+            raise KeySourceError(f"key #{index}: {exc}") from exc
+        if private or key is None:
+            # Never log the JWK itself: it may be a secret.
+            log.warning(
+                "jwks_key_skipped",
+                index=index,
+                kid=_short(kid),
+                kty=kty,
+                why="private key" if private else "key type not used for RS256/ES256",
+            )
+            skipped += 1
+        elif isinstance(key, rsa.RSAPublicKey):
+            rsa_keys[kid] = key  # later kid wins, as in Temporal
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            ec_keys[kid] = key
+    return KeySet(rsa=MappingProxyType(rsa_keys), ec=MappingProxyType(ec_keys), skipped=skipped)
+
+
+def _merge(sets: list[KeySet]) -> KeySet:
+    rsa_keys: dict[str, rsa.RSAPublicKey] = {}
+    ec_keys: dict[str, ec.EllipticCurvePublicKey] = {}
+    for ks in sets:  # in URI order, so a later URI wins a kid collision
+        rsa_keys.update(ks.rsa)
+        ec_keys.update(ks.ec)
+    return KeySet(
+        rsa=MappingProxyType(rsa_keys),
+        ec=MappingProxyType(ec_keys),
+        skipped=sum(ks.skipped for ks in sets),
+    )
+
+
+# ------------------------------------------------------------------------------- fetching
+
+
+def _check_uri(uri: str) -> urllib.parse.SplitResult:
+    parts = urllib.parse.urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"file URI with remote host is not supported: {redact_uri(uri)}")
+    elif scheme not in ("http", "https"):
+        raise ValueError(f"unsupported key source URI scheme: {redact_uri(uri)}")
+    return parts
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without user info, query or fragment, which may carry credentials."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:
+        return "<unparseable uri>"
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+# Only HTTP(S) handlers: a redirect must not turn into an ftp:// or file:// read.
+_OPENER = urllib.request.OpenerDirector()
+for _handler in (
+    urllib.request.ProxyHandler(),
+    urllib.request.HTTPHandler(),
+    urllib.request.HTTPSHandler(),
+    urllib.request.HTTPRedirectHandler(),
+    urllib.request.HTTPDefaultErrorHandler(),
+    urllib.request.HTTPErrorProcessor(),
+):
+    _OPENER.add_handler(_handler)
+
+
+def _read_limited(stream: Any) -> bytes:
+    data: bytes = stream.read(MAX_DOCUMENT_BYTES + 1)
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise KeySourceError(f"document larger than {MAX_DOCUMENT_BYTES} bytes")
+    return data
+
+
+def _fetch_blocking(uri: str, timeout: float) -> bytes:
+    parts = _check_uri(uri)
+    if parts.scheme.lower() == "file":
+        path = urllib.request.url2pathname(parts.path)
+        with open(path, "rb") as fh:
+            return _read_limited(fh)
+    request = urllib.request.Request(uri, headers={"Accept": "application/json"})  # noqa: S310 (scheme checked above)
+    try:
+        with _OPENER.open(request, timeout=timeout) as resp:
+            status = resp.status
+            if not 200 <= status < 300:
+                raise KeySourceError(f"HTTP status {status}")
+            return _read_limited(resp)
+    except urllib.error.HTTPError as exc:
+        raise KeySourceError(f"HTTP status {exc.code}") from exc
+
+
+class JwksKeyProvider:
+    """KeyProvider backed by JWKS URIs, refreshed in the background (also a BackgroundTask)."""
+
+    def __init__(
+        self,
+        uris: tuple[str, ...],
+        refresh_interval: float,
+        fetch_timeout: float = 10.0,
+        logger: Logger | None = None,
+        on_refresh: Callable[[bool, int], None] | None = None,
+    ) -> None:
+        self._uris = tuple(u.strip() for u in uris if u.strip())
+        if not self._uris:
+            raise ValueError("at least one non-blank key source URI is required")
+        for uri in self._uris:
+            _check_uri(uri)  # fail at startup, not at the first refresh
+        if refresh_interval < 0:
+            raise ValueError("refresh_interval must not be negative")
+        if fetch_timeout <= 0:
+            raise ValueError("fetch_timeout must be positive")
+        self._refresh_interval = refresh_interval
+        self._fetch_timeout = fetch_timeout
+        self._log: Logger = logger if logger is not None else structlog.get_logger()
+        self._on_refresh = on_refresh
+        self._keys = KeySet()
+        self._generation = 0
+        self._loaded = False
+        self._attempted = False
+        self._last_success: float | None = None
+        self._lock = asyncio.Lock()
+
+    # -- KeyProvider
+
+    def get_key(self, alg: str, kid: str) -> PublicKeyTypes:
+        if not self._loaded:
+            raise CredentialError(Reason.NO_KEYS, "no verification keys loaded yet")
+        return self._keys.get(alg, kid)
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    # -- state for readiness and metrics
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    @property
+    def key_count(self) -> int:
+        return self._keys.key_count
+
+    @property
+    def last_success(self) -> float | None:
+        return self._last_success
+
+    # -- refreshing
+
+    async def _fetch(self, uri: str) -> bytes:
+        # The thread cannot be cancelled; urllib's own timeout bounds it, asyncio.timeout
+        # bounds how long we wait (a slow-drip server can outlast a per-read timeout).
+        async with asyncio.timeout(self._fetch_timeout):
+            return await asyncio.to_thread(_fetch_blocking, uri, self._fetch_timeout)
+
+    async def refresh(self) -> bool:
+        """Fetch every URI; replace the key set only if all succeed. Never raises on failure."""
+        async with self._lock:
+            self._attempted = True
+            sets: list[KeySet] = []
+            for uri in self._uris:
+                try:
+                    sets.append(parse_jwks(await self._fetch(uri), self._log))
+                except TimeoutError:
+                    return self._failed(uri, f"timed out after {self._fetch_timeout:g}s")
+                except Exception as exc:  # a refresh must never kill the loop
+                    return self._failed(uri, _describe(exc))
+            new = _merge(sets)
+            self._keys = new
+            self._generation += 1
+            self._loaded = True
+            self._last_success = time.time()
+            self._log.info(
+                "jwks_refreshed",
+                rsa_keys=len(new.rsa),
+                ec_keys=len(new.ec),
+                skipped_keys=new.skipped,
+                sources=len(self._uris),
+            )
+            self._notify(True)
+            return True
+
+    def _failed(self, uri: str, error: str) -> bool:
+        self._log.warning("jwks_refresh_failed", uri=redact_uri(uri), error=error)
+        self._notify(False)
+        return False
+
+    def _notify(self, success: bool) -> None:
+        if self._on_refresh is not None:
+            self._on_refresh(success, self._keys.key_count)
+
+    async def run(self) -> None:
+        """Load now unless already attempted, then refresh every interval (0 = never)."""
+        if not self._attempted:
+            await self.refresh()
+        if self._refresh_interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(self._refresh_interval)
+            await self.refresh()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.URLError):
+        return f"{type(exc).__name__}: {exc.reason}"
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class StaticKeyProvider:
+    """A fixed key set, for tests and air-gapped deployments. `keys` maps kid to public key."""
+
+    def __init__(self, keys: Mapping[str, PublicKeyTypes]) -> None:
+        rsa_keys: dict[str, rsa.RSAPublicKey] = {}
+        ec_keys: dict[str, ec.EllipticCurvePublicKey] = {}
+        for kid, key in keys.items():
+            if isinstance(key, rsa.RSAPublicKey):
+                rsa_keys[kid] = key
+            elif isinstance(key, ec.EllipticCurvePublicKey):
+                ec_keys[kid] = key
+            else:
+                raise ValueError(f"key {kid!r}: only RSA and EC public keys are supported")
+        self._keys = KeySet(rsa=MappingProxyType(rsa_keys), ec=MappingProxyType(ec_keys))
+
+    @classmethod
+    def from_jwks(cls, document: bytes | str, logger: Logger | None = None) -> StaticKeyProvider:
+        # RSA and EC kids are separate namespaces, so keep the parsed set as it is.
+        provider = cls({})
+        provider._keys = parse_jwks(document, logger)
+        return provider
+
+    def get_key(self, alg: str, kid: str) -> PublicKeyTypes:
+        return self._keys.get(alg, kid)
+
+    @property
+    def generation(self) -> int:
+        return 0
+
+    @property
+    def key_count(self) -> int:
+        return self._keys.key_count
