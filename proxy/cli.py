@@ -87,11 +87,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_CONFIG
     logmod.configure(cfg.log.format, cfg.log.level)
-    from proxy.workers import Supervisor, resolve_workers
+    from proxy.workers import Supervisor, prepare_metrics_dir, resolve_workers
 
     count = resolve_workers(cfg.listen.workers)
     if count == 1:
         return asyncio.run(_serve_one(cfg))
+    prepare_metrics_dir()
     # Validate once in the parent so a bad config fails fast instead of crash-looping workers.
     try:
         asyncio.run(_build_and_close(cfg))

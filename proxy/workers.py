@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import multiprocess
@@ -23,6 +24,23 @@ RESTART_BACKOFF_SECONDS = 1.0
 
 def resolve_workers(configured: int) -> int:
     return configured if configured > 0 else (os.cpu_count() or 1)
+
+
+def prepare_metrics_dir() -> str:
+    """Set up PROMETHEUS_MULTIPROC_DIR before anything imports prometheus_client.
+
+    Every worker writes its samples there; /metrics in any worker sums them all. Samples of an
+    earlier run (or of the parent's config validation) must not be added to this one.
+    """
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not metrics_dir:
+        metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+            prefix="tap-metrics-"
+        )
+    os.makedirs(metrics_dir, exist_ok=True)
+    for stale in Path(metrics_dir).glob("*.db"):
+        stale.unlink()
+    return metrics_dir
 
 
 class Supervisor:
@@ -56,9 +74,7 @@ class Supervisor:
         self._stopping = True
 
     def run(self) -> int:
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            # Every worker writes its samples here; /metrics in any worker sums them all.
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tap-metrics-")
+        prepare_metrics_dir()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         for slot in range(self._count):

@@ -44,7 +44,7 @@ class _Echo(grpc.GenericRpcHandler):
                 (("x-echo-trailer", "bye"), ("x-echo-trailer-bin", BIN_TRAILER)))
             remaining = context.time_remaining()
             return json.dumps({"method": method, "metadata": md, "request": request.hex(),
-                               "time_remaining": remaining}).encode()
+                               "time_remaining": remaining, "peer": context.peer()}).encode()
 
         return grpc.unary_unary_rpc_method_handler(handle)
 
