@@ -1,4 +1,4 @@
-"""temporal-auth-proxy: mTLS, JWT and Temporal-exact authorization in front of a Temporal frontend."""
+"""temporal-auth-proxy: mTLS, JWT and Temporal-exact authorization for a Temporal frontend."""
 
 from proxy.interfaces import Authorizer, ClaimMapper, KeyProvider
 from proxy.model import (

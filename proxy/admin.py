@@ -17,7 +17,7 @@ def metrics_registry(own: CollectorRegistry, multiproc_dir: str | None) -> Colle
     if not multiproc_dir:
         return own
     merged = CollectorRegistry()
-    MultiProcessCollector(merged, path=multiproc_dir)
+    MultiProcessCollector(merged, path=multiproc_dir)  # type: ignore[no-untyped-call]  # untyped lib
     return merged
 
 

@@ -20,6 +20,8 @@ from proxy import methods
 from proxy.admin import build_admin_app, metrics_registry
 from proxy.authz import DefaultAuthorizer, NoopAuthorizer
 from proxy.claims import DefaultJWTClaimMapper, NoopClaimMapper
+from proxy.codec import PayloadCodec
+from proxy.codec_http import codec_requires_authorization, codec_routes
 from proxy.config import Config
 from proxy.errors import ConfigError
 from proxy.forward import ForwardingHandler, UpstreamPool, channel_options
@@ -341,6 +343,23 @@ def build(cfg: Config, *, logger: Any, registry: CollectorRegistry | None = None
         handler=handler,
     )
     app.admin = build_admin_app(
-        registry=metrics_registry(registry, multiprocess_dir()), readiness=app.readiness
+        registry=metrics_registry(registry, multiprocess_dir()),
+        readiness=app.readiness,
+        extra_routes=build_codec_routes(cfg, mapper),
     )
     return app
+
+
+def build_codec_routes(cfg: Config, mapper: ClaimMapper) -> list[web.RouteDef]:
+    if not cfg.codec.enabled:
+        return []
+    codec = PayloadCodec.from_config(cfg.codec)
+    return codec_routes(
+        codec,
+        claim_mapper=mapper,
+        require_authorization=codec_requires_authorization(cfg),
+        cors=cfg.codec.cors,
+        auth_header_name=cfg.authorization.auth_header_name,
+        extra_header_name=cfg.authorization.auth_extra_header_name,
+        audience=cfg.authorization.audience,
+    )

@@ -10,7 +10,7 @@ class ProxyError(Exception):
 
 
 class ConfigError(ProxyError):
-    """A bad configuration value; `path` is the dotted key path (e.g. `tls.frontend.server.certFile`)."""
+    """A bad configuration value; `path` is the dotted key path (`tls.frontend.server.certFile`)."""
 
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}" if path else message)

@@ -101,7 +101,7 @@ class UpstreamPool:
         await asyncio.gather(*(ch.close(grace) for ch in self._channels), return_exceptions=True)
 
 
-class ForwardingHandler(grpc.GenericRpcHandler):
+class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no stubs
     """One unary byte-relay for every forwarded method; anything else gets UNIMPLEMENTED."""
 
     def __init__(
@@ -134,7 +134,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         handler = self._handlers.get(method)
         if handler is not None:
             return handler

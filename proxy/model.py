@@ -38,7 +38,7 @@ class Decision(enum.Enum):
 
 
 class Reason(enum.StrEnum):
-    """The closed set of decision reasons: metric label values and log fields (README lists them)."""
+    """The closed set of decision reasons: metric label values and log fields (see README)."""
 
     ALLOWED = "allowed"
     HEALTH_CHECK = "health_check"

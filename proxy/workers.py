@@ -87,7 +87,7 @@ class Supervisor:
                     continue
                 self._log.error("worker_exited", slot=slot, pid=proc.pid, exitcode=proc.exitcode)
                 if proc.pid is not None:
-                    multiprocess.mark_process_dead(proc.pid)
+                    multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
                 # A worker that dies at once (bad port, bad files) must not spin the CPU.
                 wait = last_restart.get(slot, 0.0) + RESTART_BACKOFF_SECONDS - time.monotonic()
                 if wait > 0:

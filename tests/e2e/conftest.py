@@ -50,15 +50,18 @@ ProxyFactory = Callable[..., ProxyProcess]
 
 
 @pytest.fixture
-def start_proxy(
-    tmp_path: Path, pki: Pki, terminator: TLSTerminator
-) -> Iterator[ProxyFactory]:
+def start_proxy(tmp_path: Path, pki: Pki, terminator: TLSTerminator) -> Iterator[ProxyFactory]:
     """Start a proxy (mTLS both legs, noop authorization unless overridden)."""
     started: list[ProxyProcess] = []
 
-    def start(overrides: dict[str, Any] | None = None, *, internode: bool = True,
-              upstream_port: int | None = None, wait_ready: bool = True,
-              **kw: Any) -> ProxyProcess:
+    def start(
+        overrides: dict[str, Any] | None = None,
+        *,
+        internode: bool = True,
+        upstream_port: int | None = None,
+        wait_ready: bool = True,
+        **kw: Any,
+    ) -> ProxyProcess:
         port = upstream_port or terminator.port
         cfg = deep_merge(base_config(pki, port, internode=internode), overrides or {})
         proc = ProxyProcess(tmp_path / f"proxy{len(started)}", cfg, wait_ready=wait_ready, **kw)

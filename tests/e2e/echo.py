@@ -29,22 +29,34 @@ class _Echo(grpc.GenericRpcHandler):
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             if method == "/grpc.health.v1.Health/Check":
                 return b"\x08\x01"  # SERVING, so the proxy's readiness passes
-            md = [(k, v.hex() if isinstance(v, bytes) else v)
-                  for k, v in context.invocation_metadata() or ()]
+            md = [
+                (k, v.hex() if isinstance(v, bytes) else v)
+                for k, v in context.invocation_metadata() or ()
+            ]
             fail = dict(md).get("x-echo-fail")
             if fail:
                 await context.abort(
-                    grpc.StatusCode[fail], "echo failure",
-                    (("grpc-status-details-bin", STATUS_DETAILS), ("x-echo-trailer", "failed")))
+                    grpc.StatusCode[fail],
+                    "echo failure",
+                    (("grpc-status-details-bin", STATUS_DETAILS), ("x-echo-trailer", "failed")),
+                )
             delay = dict(md).get("x-echo-sleep")
             if delay:
                 await asyncio.sleep(float(delay))
             await context.send_initial_metadata((("x-echo-initial", "hello"),))
             context.set_trailing_metadata(
-                (("x-echo-trailer", "bye"), ("x-echo-trailer-bin", BIN_TRAILER)))
+                (("x-echo-trailer", "bye"), ("x-echo-trailer-bin", BIN_TRAILER))
+            )
             remaining = context.time_remaining()
-            return json.dumps({"method": method, "metadata": md, "request": request.hex(),
-                               "time_remaining": remaining, "peer": context.peer()}).encode()
+            return json.dumps(
+                {
+                    "method": method,
+                    "metadata": md,
+                    "request": request.hex(),
+                    "time_remaining": remaining,
+                    "peer": context.peer(),
+                }
+            ).encode()
 
         return grpc.unary_unary_rpc_method_handler(handle)
 

@@ -22,8 +22,14 @@ from typing import Any
 
 import yaml
 
-from proxy.devpki import CertificateAuthority, IssuedCert, jwk_from_public_key, mint_token
-from proxy.devpki import generate_key, private_key_pem
+from proxy.devpki import (
+    CertificateAuthority,
+    IssuedCert,
+    generate_key,
+    jwk_from_public_key,
+    mint_token,
+    private_key_pem,
+)
 
 VENV_BIN = Path(sys.executable).parent
 TEMPORAL = str(VENV_BIN / "temporal")
@@ -38,7 +44,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Any, timeout: float, interval: float = 0.1, what: str = "condition") -> None:
+def wait_until(
+    predicate: Any, timeout: float, interval: float = 0.1, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -69,14 +77,22 @@ class Pki:
 
     def token(self, *permissions: str, subject: str = "tester", ttl: int = 3600, **kw: Any) -> str:
         return mint_token(
-            self.rsa_key_pem, kid=self.rsa_kid, subject=subject, permissions=permissions,
-            ttl_seconds=ttl, **kw,
+            self.rsa_key_pem,
+            kid=self.rsa_kid,
+            subject=subject,
+            permissions=permissions,
+            ttl_seconds=ttl,
+            **kw,
         )
 
     def ec_token(self, *permissions: str, subject: str = "tester-ec", ttl: int = 3600) -> str:
         return mint_token(
-            self.ec_key_pem, kid=self.ec_kid, subject=subject, permissions=permissions,
-            ttl_seconds=ttl, alg="ES256",
+            self.ec_key_pem,
+            kid=self.ec_kid,
+            subject=subject,
+            permissions=permissions,
+            ttl_seconds=ttl,
+            alg="ES256",
         )
 
     def read(self, name: str) -> bytes:
@@ -98,21 +114,44 @@ def make_pki(directory: Path) -> Pki:
     (directory / "other-ca.pem").write_bytes(other.cert_pem)
     pki.files["ca.pem"] = str(directory / "ca.pem")
     pki.files["other-ca.pem"] = str(directory / "other-ca.pem")
-    _write(directory, "server", ca.issue(PROXY_NAME, dns_names=(PROXY_NAME, "localhost"),
-                                         ip_addresses=(LOOPBACK,), server=True), pki.files)
-    _write(directory, "client", ca.issue(
-        "worker-a", dns_names=("worker-a.test",), organizational_units=("payments",),
-        uris=("spiffe://e2e.test/ns/default/sa/worker-a",), client=True), pki.files)
+    _write(
+        directory,
+        "server",
+        ca.issue(
+            PROXY_NAME, dns_names=(PROXY_NAME, "localhost"), ip_addresses=(LOOPBACK,), server=True
+        ),
+        pki.files,
+    )
+    _write(
+        directory,
+        "client",
+        ca.issue(
+            "worker-a",
+            dns_names=("worker-a.test",),
+            organizational_units=("payments",),
+            uris=("spiffe://e2e.test/ns/default/sa/worker-a",),
+            client=True,
+        ),
+        pki.files,
+    )
     _write(directory, "rogue", other.issue("rogue", client=True), pki.files)
-    _write(directory, "upstream", ca.issue(UPSTREAM_NAME, dns_names=(UPSTREAM_NAME,),
-                                           ip_addresses=(LOOPBACK,), server=True), pki.files)
+    _write(
+        directory,
+        "upstream",
+        ca.issue(UPSTREAM_NAME, dns_names=(UPSTREAM_NAME,), ip_addresses=(LOOPBACK,), server=True),
+        pki.files,
+    )
     _write(directory, "internode", ca.issue("temporal-auth-proxy", client=True), pki.files)
     rsa_key = generate_key("rsa")
     ec_key = generate_key("ec")
     pki.rsa_key_pem = private_key_pem(rsa_key)
     pki.ec_key_pem = private_key_pem(ec_key)
-    jwks = {"keys": [jwk_from_public_key(rsa_key.public_key(), pki.rsa_kid, "RS256"),
-                     jwk_from_public_key(ec_key.public_key(), pki.ec_kid, "ES256")]}
+    jwks = {
+        "keys": [
+            jwk_from_public_key(rsa_key.public_key(), pki.rsa_kid, "RS256"),
+            jwk_from_public_key(ec_key.public_key(), pki.ec_kid, "ES256"),
+        ]
+    }
     pki.jwks_path = directory / "jwks.json"
     pki.jwks_path.write_text(json.dumps(jwks))
     return pki
@@ -126,23 +165,40 @@ class TemporalDevServer:
         self.port = free_port()
         self.address = f"{LOOPBACK}:{self.port}"
         self.log_path = workdir / "temporal.log"
-        args = [TEMPORAL, "server", "start-dev", "--headless", "--ip", LOOPBACK,
-                "--port", str(self.port), "--log-level", "warn"]
+        args = [
+            TEMPORAL,
+            "server",
+            "start-dev",
+            "--headless",
+            "--ip",
+            LOOPBACK,
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warn",
+        ]
         for ns in namespaces:
             args += ["--namespace", ns]
-        for kv in ("frontend.rps=100000", "frontend.namespaceRPS=100000",
-                   "frontend.globalNamespaceRPS=100000"):
+        for kv in (
+            "frontend.rps=100000",
+            "frontend.namespaceRPS=100000",
+            "frontend.globalNamespaceRPS=100000",
+        ):
             args += ["--dynamic-config-value", kv]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         wait_until(self._healthy, 60, 0.2, "the Temporal dev server")
 
     def _healthy(self) -> bool:
         if self.proc.poll() is not None:
             raise RuntimeError(f"temporal exited: {self.log_path.read_text()[-2000:]}")
-        r = subprocess.run([TEMPORAL, "operator", "cluster", "health", "--address", self.address],
-                           capture_output=True, timeout=10)
+        r = subprocess.run(
+            [TEMPORAL, "operator", "cluster", "health", "--address", self.address],
+            capture_output=True,
+            timeout=10,
+        )
         return r.returncode == 0
 
     def stop(self) -> None:
@@ -192,7 +248,8 @@ class TLSTerminator:
 
             async def main() -> None:
                 self._server = await asyncio.start_server(
-                    self._handle, LOOPBACK, self.port, ssl=self._ctx, reuse_address=True)
+                    self._handle, LOOPBACK, self.port, ssl=self._ctx, reuse_address=True
+                )
                 ready.set()
                 async with self._server:
                     with contextlib.suppress(asyncio.CancelledError):
@@ -213,7 +270,8 @@ class TLSTerminator:
         self._writers.add(writer)
         try:
             up_r, up_w = await asyncio.wait_for(
-                asyncio.open_connection(LOOPBACK, self.target_port), 5)
+                asyncio.open_connection(LOOPBACK, self.target_port), 5
+            )
         except OSError:
             writer.close()
             return
@@ -272,16 +330,24 @@ def base_config(pki: Pki, upstream_port: int, *, internode: bool = True) -> dict
         "upstream": {"address": f"{LOOPBACK}:{upstream_port}"},
         "admin": {"address": f"{LOOPBACK}:0"},
         "tls": {
-            "frontend": {"server": {
-                "certFile": pki.files["server.pem"], "keyFile": pki.files["server.key"],
-                "clientCaFiles": [pki.files["ca.pem"]], "requireClientAuth": True}},
+            "frontend": {
+                "server": {
+                    "certFile": pki.files["server.pem"],
+                    "keyFile": pki.files["server.key"],
+                    "clientCaFiles": [pki.files["ca.pem"]],
+                    "requireClientAuth": True,
+                }
+            },
         },
         "authorization": {"authorizer": "noop", "claimMapper": "noop"},
         "log": {"format": "json", "level": "info"},
     }
     if internode:
         cfg["tls"]["internode"] = {
-            "server": {"certFile": pki.files["internode.pem"], "keyFile": pki.files["internode.key"]},
+            "server": {
+                "certFile": pki.files["internode.pem"],
+                "keyFile": pki.files["internode.key"],
+            },
             "client": {"serverName": UPSTREAM_NAME, "rootCaFiles": [pki.files["ca.pem"]]},
         }
     return cfg
@@ -289,7 +355,8 @@ def base_config(pki: Pki, upstream_port: int, *, internode: bool = True) -> dict
 
 def jwt_authorization(pki: Pki, **over: Any) -> dict[str, Any]:
     auth = {
-        "authorizer": "default", "claimMapper": "default",
+        "authorizer": "default",
+        "claimMapper": "default",
         "jwtKeyProvider": {"keySourceURIs": [pki.jwks_path.as_uri()], "refreshInterval": "1m"},
     }
     auth.update(over)
@@ -299,15 +366,27 @@ def jwt_authorization(pki: Pki, **over: Any) -> dict[str, Any]:
 class ProxyProcess:
     """`python -m proxy serve` as a real subprocess with its own config file and log."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], *, wait_ready: bool = True,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, Any],
+        *,
+        wait_ready: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.config = config
-        self.port = free_port() if config["listen"]["address"].endswith(":0") else int(
-            config["listen"]["address"].rpartition(":")[2])
-        self.admin_port = free_port() if config["admin"]["address"].endswith(":0") else int(
-            config["admin"]["address"].rpartition(":")[2])
+        self.port = (
+            free_port()
+            if config["listen"]["address"].endswith(":0")
+            else int(config["listen"]["address"].rpartition(":")[2])
+        )
+        self.admin_port = (
+            free_port()
+            if config["admin"]["address"].endswith(":0")
+            else int(config["admin"]["address"].rpartition(":")[2])
+        )
         config["listen"]["address"] = f"{LOOPBACK}:{self.port}"
         config["admin"]["address"] = f"{LOOPBACK}:{self.admin_port}"
         self.config_path = workdir / f"proxy-{self.port}.yaml"
@@ -316,8 +395,11 @@ class ProxyProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "proxy", "serve", "--config", str(self.config_path)],
-            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-            start_new_session=True)
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
         self.address = f"{LOOPBACK}:{self.port}"
         wait_until(self.healthy if not wait_ready else self.ready, 30, 0.1, "the proxy")
 
@@ -325,8 +407,9 @@ class ProxyProcess:
         if self.proc.poll() is not None:
             raise RuntimeError(f"proxy exited {self.proc.returncode}: {self.logs()[-3000:]}")
         try:
-            with urllib.request.urlopen(  # noqa: S310 - loopback admin port
-                    f"http://{LOOPBACK}:{self.admin_port}{path}", timeout=5) as r:
+            with urllib.request.urlopen(
+                f"http://{LOOPBACK}:{self.admin_port}{path}", timeout=5
+            ) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
@@ -388,13 +471,33 @@ def sample(metrics_text: str, name: str, **labels: str) -> float | None:
 # ------------------------------------------------------------------------------ the CLI
 
 
-def cli(pki: Pki, address: str, *args: str, token: str | None = None, cert: str = "client",
-        timeout: float = 30, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def cli(
+    pki: Pki,
+    address: str,
+    *args: str,
+    token: str | None = None,
+    cert: str = "client",
+    timeout: float = 30,
+    extra: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
     """Run the real `temporal` CLI through the proxy with mTLS (and --api-key when given)."""
-    cmd = [TEMPORAL, *args, "--address", address, "--tls-ca-path", pki.files["ca.pem"],
-           "--tls-server-name", PROXY_NAME]
+    cmd = [
+        TEMPORAL,
+        *args,
+        "--address",
+        address,
+        "--tls-ca-path",
+        pki.files["ca.pem"],
+        "--tls-server-name",
+        PROXY_NAME,
+    ]
     if cert:
-        cmd += ["--tls-cert-path", pki.files[f"{cert}.pem"], "--tls-key-path", pki.files[f"{cert}.key"]]
+        cmd += [
+            "--tls-cert-path",
+            pki.files[f"{cert}.pem"],
+            "--tls-key-path",
+            pki.files[f"{cert}.key"],
+        ]
     if token is not None:
         cmd += ["--api-key", token]
     cmd += list(extra)

@@ -41,7 +41,10 @@ def channel(pki: Pki, address: str, cert: str = "client") -> grpc.Channel:
     return grpc.secure_channel(
         address,
         creds,
-        options=[("grpc.ssl_target_name_override", PROXY_NAME), ("grpc.use_local_subchannel_pool", 1)],
+        options=[
+            ("grpc.ssl_target_name_override", PROXY_NAME),
+            ("grpc.use_local_subchannel_pool", 1),
+        ],
     )
 
 
@@ -59,35 +62,72 @@ def test_metrics_count_allowed_and_denied_calls(start_proxy, pki: Pki) -> None:
     with channel(pki, proxy.address) as ch:
         for _ in range(3):
             ch.unary_unary(GET_SYSTEM_INFO)(b"", timeout=5)
-        ch.unary_unary(DESCRIBE_NS)(describe, timeout=5, metadata=(("authorization", f"Bearer {reader}"),))
+        ch.unary_unary(DESCRIBE_NS)(
+            describe, timeout=5, metadata=(("authorization", f"Bearer {reader}"),)
+        )
         with pytest.raises(grpc.RpcError):
             ch.unary_unary(DESCRIBE_NS)(describe, timeout=5)  # no token
     text = proxy.metrics()
-    assert sample(text, "temporal_auth_proxy_requests_total", method="GetSystemInfo", code="OK") == 3
-    assert sample(text, "temporal_auth_proxy_requests_total", method="DescribeNamespace", code="OK") == 1
     assert (
-        sample(text, "temporal_auth_proxy_requests_total", method="DescribeNamespace", code="PERMISSION_DENIED")
+        sample(text, "temporal_auth_proxy_requests_total", method="GetSystemInfo", code="OK") == 3
+    )
+    assert (
+        sample(text, "temporal_auth_proxy_requests_total", method="DescribeNamespace", code="OK")
         == 1
     )
     assert (
-        sample(text, "temporal_auth_proxy_authz_decisions_total",
-               decision="allow", reason="health_check", auth_type="jwt") == 3
+        sample(
+            text,
+            "temporal_auth_proxy_requests_total",
+            method="DescribeNamespace",
+            code="PERMISSION_DENIED",
+        )
+        == 1
     )
     assert (
-        sample(text, "temporal_auth_proxy_authz_decisions_total",
-               decision="allow", reason="allowed", auth_type="jwt") == 1
+        sample(
+            text,
+            "temporal_auth_proxy_authz_decisions_total",
+            decision="allow",
+            reason="health_check",
+            auth_type="jwt",
+        )
+        == 3
     )
     assert (
-        sample(text, "temporal_auth_proxy_authz_decisions_total",
-               decision="deny", reason="insufficient_role", auth_type="jwt") == 1
+        sample(
+            text,
+            "temporal_auth_proxy_authz_decisions_total",
+            decision="allow",
+            reason="allowed",
+            auth_type="jwt",
+        )
+        == 1
     )
-    assert sample(text, "temporal_auth_proxy_request_duration_seconds_count", method="GetSystemInfo") == 3
+    assert (
+        sample(
+            text,
+            "temporal_auth_proxy_authz_decisions_total",
+            decision="deny",
+            reason="insufficient_role",
+            auth_type="jwt",
+        )
+        == 1
+    )
+    assert (
+        sample(text, "temporal_auth_proxy_request_duration_seconds_count", method="GetSystemInfo")
+        == 3
+    )
     assert sample(text, "temporal_auth_proxy_authz_duration_seconds_count") == 5
     assert sample(text, "temporal_auth_proxy_jwks_refresh_total", result="success") >= 1
     assert sample(text, "temporal_auth_proxy_jwks_keys") == 2
-    assert sample(text, "temporal_auth_proxy_jwks_last_success_timestamp_seconds") > time.time() - 120
+    assert (
+        sample(text, "temporal_auth_proxy_jwks_last_success_timestamp_seconds") > time.time() - 120
+    )
     assert sample(text, "temporal_auth_proxy_inflight_requests") == 0
-    not_after = sample(text, "temporal_auth_proxy_certificate_expiry_timestamp_seconds", cert="frontend")
+    not_after = sample(
+        text, "temporal_auth_proxy_certificate_expiry_timestamp_seconds", cert="frontend"
+    )
     assert not_after is not None and not_after > time.time() + 300 * 86400
     for cert in ("frontend_client_ca", "internode", "internode_root_ca"):
         assert sample(text, "temporal_auth_proxy_certificate_expiry_timestamp_seconds", cert=cert)
@@ -116,7 +156,9 @@ def test_certificate_rotation_through_a_symlink_swap_under_traffic(
     proxy = start_proxy(
         {
             "tls": {
-                "frontend": {"server": {"certFile": mount.path("tls.crt"), "keyFile": mount.path("tls.key")}},
+                "frontend": {
+                    "server": {"certFile": mount.path("tls.crt"), "keyFile": mount.path("tls.key")}
+                },
                 "refreshInterval": "200ms",
             }
         }
@@ -125,8 +167,11 @@ def test_certificate_rotation_through_a_symlink_swap_under_traffic(
 
     def serial() -> int:
         return served_certificate(
-            proxy.port, ca_pem=ca_pem, client_cert=pki.files["client.pem"],
-            client_key=pki.files["client.key"], server_hostname=PROXY_NAME,
+            proxy.port,
+            ca_pem=ca_pem,
+            client_cert=pki.files["client.pem"],
+            client_key=pki.files["client.key"],
+            server_hostname=PROXY_NAME,
         ).serial_number
 
     assert serial() == first.serial
@@ -151,15 +196,26 @@ def test_certificate_rotation_through_a_symlink_swap_under_traffic(
     worker.start()
     try:
         time.sleep(0.5)
-        second = pki.ca.issue(PROXY_NAME, dns_names=(PROXY_NAME,), ip_addresses=(LOOPBACK,), server=True)
+        second = pki.ca.issue(
+            PROXY_NAME, dns_names=(PROXY_NAME,), ip_addresses=(LOOPBACK,), server=True
+        )
         mount.update({"tls.crt": second.cert_pem, "tls.key": second.key_pem})
         wait_until(lambda: serial() == second.serial, 10, what="the new certificate")
         time.sleep(0.5)
         # A broken file keeps the old material.
         mount.update({"tls.crt": b"not a certificate", "tls.key": second.key_pem})
         wait_until(
-            lambda: (sample(proxy.metrics(), "temporal_auth_proxy_tls_reload_total", result="failure") or 0) >= 1,
-            10, what="the failed reload to be counted",
+            lambda: (
+                (
+                    sample(
+                        proxy.metrics(), "temporal_auth_proxy_tls_reload_total", result="failure"
+                    )
+                    or 0
+                )
+                >= 1
+            ),
+            10,
+            what="the failed reload to be counted",
         )
         time.sleep(0.5)
         assert serial() == second.serial
@@ -171,7 +227,10 @@ def test_certificate_rotation_through_a_symlink_swap_under_traffic(
     text = proxy.metrics()
     assert sample(text, "temporal_auth_proxy_tls_reload_total", result="success") >= 1
     not_after = second.certificate.not_valid_after_utc.timestamp()
-    assert sample(text, "temporal_auth_proxy_certificate_expiry_timestamp_seconds", cert="frontend") == not_after
+    assert (
+        sample(text, "temporal_auth_proxy_certificate_expiry_timestamp_seconds", cert="frontend")
+        == not_after
+    )
     events = [e["event"] for e in proxy.events()]
     assert "tls_reloaded" in events and "tls_reload_failed" in events
 
@@ -180,27 +239,53 @@ def test_sighup_reloads_at_once(start_proxy, pki: Pki, tmp_path: Path) -> None:
     first = pki.ca.issue(PROXY_NAME, dns_names=(PROXY_NAME,), ip_addresses=(LOOPBACK,), server=True)
     mount = SecretMount(tmp_path / "secret", {"tls.crt": first.cert_pem, "tls.key": first.key_pem})
     proxy = start_proxy(
-        {"tls": {"frontend": {"server": {"certFile": mount.path("tls.crt"), "keyFile": mount.path("tls.key")}},
-                 "refreshInterval": "0s"}}
+        {
+            "tls": {
+                "frontend": {
+                    "server": {"certFile": mount.path("tls.crt"), "keyFile": mount.path("tls.key")}
+                },
+                "refreshInterval": "0s",
+            }
+        }
     )
-    second = pki.ca.issue(PROXY_NAME, dns_names=(PROXY_NAME,), ip_addresses=(LOOPBACK,), server=True)
+    second = pki.ca.issue(
+        PROXY_NAME, dns_names=(PROXY_NAME,), ip_addresses=(LOOPBACK,), server=True
+    )
     mount.update({"tls.crt": second.cert_pem, "tls.key": second.key_pem})
     proxy.proc.send_signal(signal.SIGHUP)
     wait_until(
-        lambda: served_certificate(
-            proxy.port, ca_pem=pki.read("ca.pem"), client_cert=pki.files["client.pem"],
-            client_key=pki.files["client.key"], server_hostname=PROXY_NAME,
-        ).serial_number == second.serial,
-        10, what="SIGHUP to load the new certificate",
+        lambda: (
+            served_certificate(
+                proxy.port,
+                ca_pem=pki.read("ca.pem"),
+                client_cert=pki.files["client.pem"],
+                client_key=pki.files["client.key"],
+                server_hostname=PROXY_NAME,
+            ).serial_number
+            == second.serial
+        ),
+        10,
+        what="SIGHUP to load the new certificate",
     )
 
 
 def test_expiration_checks_log_and_export(start_proxy, pki: Pki) -> None:
     proxy = start_proxy(
-        {"tls": {"expirationChecks": {"warningWindow": "17520h", "errorWindow": "1h", "checkInterval": "1h"}}}
+        {
+            "tls": {
+                "expirationChecks": {
+                    "warningWindow": "17520h",
+                    "errorWindow": "1h",
+                    "checkInterval": "1h",
+                }
+            }
+        }
     )
-    wait_until(lambda: any(e["event"] == "certificate_expiring" for e in proxy.events()), 10,
-               what="certificate_expiring")
+    wait_until(
+        lambda: any(e["event"] == "certificate_expiring" for e in proxy.events()),
+        10,
+        what="certificate_expiring",
+    )
     expiring = [e for e in proxy.events() if e["event"] == "certificate_expiring"]
     leaf = [e for e in expiring if e["cert"] == "frontend"]
     assert leaf and leaf[0]["level"] == "warning" and leaf[0]["expired"] is False
@@ -229,8 +314,11 @@ def test_sigterm_drains_long_polls_and_exits_zero(start_proxy, pki: Pki) -> None
     polls = [threading.Thread(target=long_poll) for _ in range(4)]
     for t in polls:
         t.start()
-    wait_until(lambda: sample(proxy.metrics(), "temporal_auth_proxy_inflight_requests") == 4, 10,
-               what="the long polls to be in flight")
+    wait_until(
+        lambda: sample(proxy.metrics(), "temporal_auth_proxy_inflight_requests") == 4,
+        10,
+        what="the long polls to be in flight",
+    )
     started = time.monotonic()
     proxy.proc.send_signal(signal.SIGTERM)
     wait_until(lambda: proxy.get("/readyz")[0] == 503, 3, interval=0.05, what="readiness 503")
@@ -251,12 +339,17 @@ def test_two_workers_share_the_port_and_metrics_add_up(
     start_proxy, pki: Pki, echo: EchoUpstream, tmp_path: Path
 ) -> None:
     proxy = start_proxy(
-        {"listen": {"workers": 2}}, internode=False, upstream_port=echo.port,
+        {"listen": {"workers": 2}},
+        internode=False,
+        upstream_port=echo.port,
         env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")},
     )
     (tmp_path / "metrics").mkdir(exist_ok=True)
-    wait_until(lambda: sum(e["event"] == "listening" for e in proxy.events()) == 2, 20,
-               what="both workers to listen")
+    wait_until(
+        lambda: sum(e["event"] == "listening" for e in proxy.events()) == 2,
+        20,
+        what="both workers to listen",
+    )
     upstream_peers: set[str] = set()
     for _ in range(24):
         with channel(pki, proxy.address) as ch:
@@ -265,13 +358,24 @@ def test_two_workers_share_the_port_and_metrics_add_up(
     # Each worker has its own upstream connection: two peers means both workers served.
     assert len(upstream_peers) == 2, upstream_peers
     for _ in range(4):  # whichever worker answers the scrape, it reports the sum
-        assert sample(proxy.metrics(), "temporal_auth_proxy_requests_total", method="GetSystemInfo", code="OK") == 24
+        assert (
+            sample(
+                proxy.metrics(),
+                "temporal_auth_proxy_requests_total",
+                method="GetSystemInfo",
+                code="OK",
+            )
+            == 24
+        )
 
     started = [e for e in proxy.events() if e["event"] == "worker_started"]
     victim = started[0]["pid"]
     os.kill(victim, signal.SIGKILL)
-    wait_until(lambda: any(e["event"] == "worker_restarted" for e in proxy.events()), 10,
-               what="the worker to be restarted")
+    wait_until(
+        lambda: any(e["event"] == "worker_restarted" for e in proxy.events()),
+        10,
+        what="the worker to be restarted",
+    )
     wait_until(proxy.ready, 15, what="readiness after the restart")
     for _ in range(6):
         with channel(pki, proxy.address) as ch:

@@ -29,7 +29,9 @@ def channel(pki: Pki, address: str) -> grpc.Channel:
         private_key=pki.read("client.key"),
         certificate_chain=pki.read("client.pem"),
     )
-    return grpc.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", PROXY_NAME)])
+    return grpc.secure_channel(
+        address, creds, options=[("grpc.ssl_target_name_override", PROXY_NAME)]
+    )
 
 
 def test_request_response_and_metadata_are_relayed_unchanged(start_proxy, pki: Pki, echo) -> None:
@@ -79,13 +81,13 @@ def test_deadline_propagates_and_expires(start_proxy, pki: Pki, echo) -> None:
 
 
 @pytest.mark.parametrize(
-    "code", ["NOT_FOUND", "INVALID_ARGUMENT", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "UNAVAILABLE"]
+    "code",
+    ["NOT_FOUND", "INVALID_ARGUMENT", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "UNAVAILABLE"],
 )
 def test_upstream_errors_pass_through_with_details(start_proxy, pki: Pki, echo, code: str) -> None:
     proxy = start_proxy(internode=False, upstream_port=echo.port)
-    with channel(pki, proxy.address) as ch:
-        with pytest.raises(grpc.RpcError) as caught:
-            ch.unary_unary(GET_SYSTEM_INFO)(b"", timeout=5, metadata=(("x-echo-fail", code),))
+    with channel(pki, proxy.address) as ch, pytest.raises(grpc.RpcError) as caught:
+        ch.unary_unary(GET_SYSTEM_INFO)(b"", timeout=5, metadata=(("x-echo-fail", code),))
     err = caught.value
     assert err.code() is grpc.StatusCode[code]
     assert err.details() == "echo failure"
@@ -108,8 +110,11 @@ def test_upstream_down_gives_unavailable_and_the_proxy_recovers(
             assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
             wait_until(lambda: proxy.get("/readyz")[0] == 503, 10, what="readiness to drop")
             term.start()
-            wait_until(lambda: ch.unary_unary(GET_SYSTEM_INFO)(b"", timeout=2), 20,
-                       what="the proxy to reconnect upstream")
+            wait_until(
+                lambda: ch.unary_unary(GET_SYSTEM_INFO)(b"", timeout=2),
+                20,
+                what="the proxy to reconnect upstream",
+            )
             wait_until(proxy.ready, 10, what="readiness to return")
         assert proxy.proc.poll() is None
     finally:

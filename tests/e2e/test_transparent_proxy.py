@@ -17,15 +17,45 @@ from tests.e2e.workflows import GreetingWorkflow
 def test_cli_starts_and_lists_workflows_through_the_proxy(start_proxy, pki: Pki) -> None:
     proxy = start_proxy()
     wf_id = f"cli-{uuid.uuid4().hex[:8]}"
-    started = cli(pki, proxy.address, "workflow", "start", "--type", "Nothing",
-                  "--task-queue", "nowhere", "--workflow-id", wf_id, "--namespace", "default")
+    started = cli(
+        pki,
+        proxy.address,
+        "workflow",
+        "start",
+        "--type",
+        "Nothing",
+        "--task-queue",
+        "nowhere",
+        "--workflow-id",
+        wf_id,
+        "--namespace",
+        "default",
+    )
     assert started.returncode == 0, started.stderr
-    described = cli(pki, proxy.address, "workflow", "describe", "--workflow-id", wf_id,
-                    "--namespace", "default", "-o", "json")
+    described = cli(
+        pki,
+        proxy.address,
+        "workflow",
+        "describe",
+        "--workflow-id",
+        wf_id,
+        "--namespace",
+        "default",
+        "-o",
+        "json",
+    )
     assert described.returncode == 0, described.stderr
     assert wf_id in described.stdout
-    listed = cli(pki, proxy.address, "workflow", "list", "--namespace", "default",
-                 "--query", f"WorkflowId = '{wf_id}'")
+    listed = cli(
+        pki,
+        proxy.address,
+        "workflow",
+        "list",
+        "--namespace",
+        "default",
+        "--query",
+        f"WorkflowId = '{wf_id}'",
+    )
     assert listed.returncode == 0, listed.stderr
     namespaces = cli(pki, proxy.address, "operator", "namespace", "list")
     assert namespaces.returncode == 0 and "default" in namespaces.stdout
@@ -37,7 +67,9 @@ async def test_sdk_worker_runs_a_workflow_with_an_activity(start_proxy, pki: Pki
     assert await sdk.run_greeting(client, "mTLS") == "Hello, mTLS!"
 
 
-async def test_already_started_reaches_the_sdk_as_its_typed_exception(start_proxy, pki: Pki) -> None:
+async def test_already_started_reaches_the_sdk_as_its_typed_exception(
+    start_proxy, pki: Pki
+) -> None:
     proxy = start_proxy()
     client = await sdk.connect(pki, proxy.address)
     wf_id = f"dup-{uuid.uuid4().hex[:8]}"
@@ -53,7 +85,9 @@ def _grpc_channel(pki: Pki, address: str, cert: str | None) -> grpc.Channel:
         private_key=pki.read(f"{cert}.key") if cert else None,
         certificate_chain=pki.read(f"{cert}.pem") if cert else None,
     )
-    return grpc.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", PROXY_NAME)])
+    return grpc.secure_channel(
+        address, creds, options=[("grpc.ssl_target_name_override", PROXY_NAME)]
+    )
 
 
 GET_SYSTEM_INFO = "/temporal.api.workflowservice.v1.WorkflowService/GetSystemInfo"
@@ -62,9 +96,11 @@ GET_SYSTEM_INFO = "/temporal.api.workflowservice.v1.WorkflowService/GetSystemInf
 @pytest.mark.parametrize("cert", [None, "rogue"], ids=["no-certificate", "other-ca"])
 def test_clients_without_a_trusted_certificate_are_refused(start_proxy, pki: Pki, cert) -> None:
     proxy = start_proxy()
-    with _grpc_channel(pki, proxy.address, cert) as channel:
-        with pytest.raises(grpc.RpcError) as caught:
-            channel.unary_unary(GET_SYSTEM_INFO)(b"", timeout=5)
+    with (
+        _grpc_channel(pki, proxy.address, cert) as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        channel.unary_unary(GET_SYSTEM_INFO)(b"", timeout=5)
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
     result = cli(pki, proxy.address, "operator", "namespace", "list", cert=cert or "")
     assert result.returncode != 0
@@ -73,12 +109,17 @@ def test_clients_without_a_trusted_certificate_are_refused(start_proxy, pki: Pki
         assert channel.unary_unary(GET_SYSTEM_INFO)(b"", timeout=5) is not None
 
 
-def test_wrong_upstream_server_name_fails_calls_and_the_right_one_works(start_proxy, pki: Pki) -> None:
-    wrong = start_proxy({"tls": {"internode": {"client": {"serverName": "wrong.test"}}}},
-                        wait_ready=False)
-    with _grpc_channel(pki, wrong.address, "client") as channel:
-        with pytest.raises(grpc.RpcError) as caught:
-            channel.unary_unary(GET_SYSTEM_INFO)(b"", timeout=10)
+def test_wrong_upstream_server_name_fails_calls_and_the_right_one_works(
+    start_proxy, pki: Pki
+) -> None:
+    wrong = start_proxy(
+        {"tls": {"internode": {"client": {"serverName": "wrong.test"}}}}, wait_ready=False
+    )
+    with (
+        _grpc_channel(pki, wrong.address, "client") as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        channel.unary_unary(GET_SYSTEM_INFO)(b"", timeout=10)
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "upstream unavailable" in (caught.value.details() or "")
     assert wrong.get("/readyz")[0] == 503
