@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import os
 import re
@@ -115,6 +116,10 @@ class AuthorizationConfig:
     auth_extra_header_name: str = "authorization-extras"
     audience: str = ""
     token_cache_size: int = 10000
+    # Ours: `shadow` forwards every call and only logs/counts what `enforce` would deny.
+    mode: Literal["enforce", "shadow"] = "enforce"
+    # Ours: ListNamespaces for namespace-scoped callers, answered with their namespaces only.
+    filter_list_namespaces: bool = False
 
 
 # ------------------------------------------------------------------------- the proxy's own
@@ -165,6 +170,35 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AuditConfig:
+    enabled: bool = False
+    sink: Literal["stdout", "file"] = "stdout"
+    path: str = ""
+    max_bytes: int = 100 * 1024 * 1024  # rotate the file at this size
+    backups: int = 5
+    allowed: Literal["all", "writes", "none"] = "all"  # which allowed calls get a record
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitRule:
+    rate: float = 0.0  # tokens per second; 0 = no limit
+    burst: int = 0  # bucket size; 0 = max(1, rate)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitsConfig:
+    enabled: bool = False
+    per_subject: RateLimitRule = field(default_factory=RateLimitRule)
+    per_namespace: RateLimitRule = field(default_factory=RateLimitRule)
+    # Per API class, keyed by subject: reads, writes, admin.
+    reads: RateLimitRule = field(default_factory=RateLimitRule)
+    writes: RateLimitRule = field(default_factory=RateLimitRule)
+    admin: RateLimitRule = field(default_factory=RateLimitRule)
+    exempt_long_polls: bool = True
+    max_buckets: int = 100_000  # memory bound: least recently used buckets are dropped
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CorsConfig:
     origins: tuple[str, ...] = ()
     allow_credentials: bool = False
@@ -193,6 +227,8 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -331,6 +367,16 @@ class _Parser:
             if raw < 0:
                 raise ConfigError(path, "must not be negative")
             return raw
+        if tp is float:
+            if isinstance(raw, str):
+                raw = _substitute_env(raw, path, self.env).strip()
+                with contextlib.suppress(ValueError):
+                    raw = float(raw)
+            if isinstance(raw, bool) or not isinstance(raw, int | float) or raw != raw:
+                raise ConfigError(path, "expected a number")
+            if raw < 0:
+                raise ConfigError(path, "must not be negative")
+            return float(raw)
         if tp is str:
             s = self.string(raw, path)
             return _decode_pem_data(s, path) if kind in ("pem", "pem_secret") and s else s
@@ -461,6 +507,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("authorization.authHeaderName", "must not be empty")
     if cfg.admin.tls.enabled and not (cfg.admin.tls.cert_file and cfg.admin.tls.key_file):
         raise ConfigError("admin.tls", "needs both certFile and keyFile")
+    if cfg.audit.enabled and cfg.audit.sink == "file" and not cfg.audit.path:
+        raise ConfigError("audit.path", "is required when audit.sink is file")
+    if cfg.rate_limits.max_buckets < 1:
+        raise ConfigError("rateLimits.maxBuckets", "must be at least 1")
     if cfg.codec.enabled:
         if not cfg.codec.keys:
             raise ConfigError(
