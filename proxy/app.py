@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy import methods
 from proxy.admin import build_admin_app, metrics_registry
+from proxy.audit import AuditLog
 from proxy.authz import DefaultAuthorizer, NoopAuthorizer
 from proxy.claims import DefaultJWTClaimMapper, NoopClaimMapper
 from proxy.codec import PayloadCodec
@@ -30,6 +31,7 @@ from proxy.keys import JwksKeyProvider
 from proxy.metrics import ProxyMetrics, multiprocess_dir
 from proxy.pipeline import Gate
 from proxy.plugins import load_plugin
+from proxy.ratelimit import RateLimiter
 from proxy.tls import (
     ClientMaterial,
     FrontendCredentials,
@@ -284,7 +286,9 @@ def build(cfg: Config, *, logger: Any, registry: CollectorRegistry | None = None
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ProxyMetrics(
         registry,
-        method_names=[m.short_name for m in methods.all_methods()],
+        method_names=sorted(
+            {m.short_name for m in methods.all_methods()} | {methods.UNKNOWN_LABEL}
+        ),
         namespace_labels=cfg.metrics.namespace_labels,
     )
     materials = load_tls_materials(cfg.tls)
@@ -313,7 +317,10 @@ def build(cfg: Config, *, logger: Any, registry: CollectorRegistry | None = None
         logger=logger,
         audience=cfg.authorization.audience,
         peer_always_verified=require_client_auth,
+        mode=cfg.authorization.mode,
+        filter_list_namespaces=cfg.authorization.filter_list_namespaces,
     )
+    audit = AuditLog(cfg.audit) if cfg.audit.enabled else None
     pool = UpstreamPool(make_channel_factory(cfg, materials.internode), cfg.upstream.channels)
     wants_peer = require_client_auth and not isinstance(
         mapper, DefaultJWTClaimMapper | NoopClaimMapper
@@ -328,7 +335,14 @@ def build(cfg: Config, *, logger: Any, registry: CollectorRegistry | None = None
         auth_header_name=cfg.authorization.auth_header_name,
         auth_extra_header_name=cfg.authorization.auth_extra_header_name,
         strip_authorization=cfg.upstream.authorization == "strip",
-        read_peer=(lambda ctx: peer_identity(ctx.auth_context())) if wants_peer else None,
+        read_peer=(
+            (lambda ctx: peer_identity(ctx.auth_context()))
+            if wants_peer or (audit is not None and require_client_auth)
+            else None
+        ),
+        limiter=RateLimiter(cfg.rate_limits) if cfg.rate_limits.enabled else None,
+        audit=audit,
+        mode=cfg.authorization.mode,
     )
     app = App(
         cfg=cfg,

@@ -17,6 +17,7 @@ from proxy.config import Config, effective_config, load_config
 from proxy.errors import ConfigError
 
 EXIT_OK = 0
+EXIT_DENY = 1
 EXIT_CONFIG = 2
 
 _ROLE_WORDS = {
@@ -159,6 +160,28 @@ def cmd_dev_token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    logmod.configure(cfg.log.format, "critical")
+    from proxy.explain import explain, render
+
+    try:
+        token = args.token or ""
+        if args.token_file:
+            token = Path(args.token_file).read_text().strip()
+        cert = Path(args.cert).read_bytes() if args.cert else None
+        result = asyncio.run(
+            explain(cfg, method=args.method, namespace=args.namespace, token=token, cert_pem=cert)
+        )
+    except (ConfigError, OSError) as exc:
+        print(f"explain: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(render(result, args.json))
+    return EXIT_OK if result.allowed else EXIT_DENY
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="temporal-auth-proxy",
@@ -191,6 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default="", help="signing key PEM (default: CERTS/jwt.key)")
     p.add_argument("--kid", default="", help="key id (default: the first key in CERTS/jwks.json)")
     p.set_defaults(func=cmd_dev_token)
+
+    p = sub.add_parser(
+        "explain",
+        help="the claims, rule and decision for one call (exit 0 allow, 1 deny, 2 error)",
+    )
+    p.add_argument("--config", required=True)
+    p.add_argument("--token", default="", help="a JWT (with or without 'Bearer ')")
+    p.add_argument("--token-file", default="", help="a file holding the token")
+    p.add_argument("--cert", default="", help="the client certificate (PEM) the caller presents")
+    p.add_argument("--method", required=True, help="e.g. StartWorkflowExecution or a full path")
+    p.add_argument("--namespace", default="")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_explain)
     return parser
 
 

@@ -11,9 +11,12 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from proxy.audit import AuditLog, AuditRecord, workflow_id
+from proxy.listfilter import filter_namespaces, readable_by
 from proxy.metrics import ProxyMetrics
 from proxy.model import MethodInfo, PeerIdentity
-from proxy.pipeline import DENIED_MESSAGE, Gate, denial_status_bytes
+from proxy.pipeline import DENIED_MESSAGE, Gate, Verdict, auth_type_label, denial_status_bytes
+from proxy.ratelimit import RateLimiter
 
 # Request metadata that belongs to one HTTP/2 hop, or that grpc sets itself, never relayed.
 _HOP_BY_HOP = frozenset(
@@ -63,6 +66,12 @@ def channel_options(max_message_size: int, max_header_list_size: int) -> list[tu
         ("grpc.min_reconnect_backoff_ms", 250),
         ("grpc.max_reconnect_backoff_ms", 3_000),
     ]
+
+
+def _subject(verdict: Verdict, peer: PeerIdentity | None) -> str:
+    if verdict.claims is not None and verdict.claims.subject:
+        return verdict.claims.subject
+    return peer.subject if peer is not None else ""
 
 
 class UpstreamPool:
@@ -117,6 +126,9 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc h
         auth_extra_header_name: str = "authorization-extras",
         strip_authorization: bool = False,
         read_peer: PeerReader | None = None,
+        limiter: RateLimiter | None = None,
+        audit: AuditLog | None = None,
+        mode: str = "enforce",
     ) -> None:
         self._gate = gate
         self._pool = pool
@@ -128,6 +140,9 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc h
         self._extra = auth_extra_header_name.lower()
         self._drop = _HOP_BY_HOP | ({self._auth, self._extra} if strip_authorization else set())
         self._read_peer = read_peer
+        self._limiter = limiter
+        self._audit = audit
+        self._mode = mode
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         self._denied_trailers = (("grpc-status-details-bin", denial_status_bytes()),)
 
@@ -152,6 +167,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc h
         method, short = info.full_name, info.short_name
         auth, extra_name, drop = self._auth, self._extra, self._drop
         read_peer = self._read_peer
+        limiter, audit, mode = self._limiter, self._audit, self._mode
         duration = metrics.duration(short)
         inflight = metrics.inflight
         denied_trailers = self._denied_trailers
@@ -161,6 +177,8 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc h
             inflight.inc()
             code = "OK"
             namespace = ""
+            verdict: Verdict | None = None
+            peer: PeerIdentity | None = None
             try:
                 token = extra = ""
                 seen_token = seen_extra = False
@@ -183,6 +201,15 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc h
                     await context.abort(
                         grpc.StatusCode.PERMISSION_DENIED, DENIED_MESSAGE, denied_trailers
                     )
+                if limiter is not None:
+                    scope = limiter.check(info, _subject(verdict, peer), namespace)
+                    if scope is not None:
+                        code = "RESOURCE_EXHAUSTED"
+                        metrics.rate_limited_total.labels(scope=scope).inc()
+                        await context.abort(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"temporal-auth-proxy: rate limit exceeded ({scope})",
+                        )
                 remaining = context.time_remaining()
                 call = pool.callable_for(method)(
                     request,
@@ -212,13 +239,34 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc h
                 trailing_md = await call.trailing_metadata()
                 if trailing_md:
                     context.set_trailing_metadata(tuple(trailing_md))
+                if verdict.filter_namespaces and verdict.claims is not None:
+                    response = filter_namespaces(response, readable_by(verdict.claims))
                 return response
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise
             finally:
                 inflight.dec()
-                duration.observe(perf_counter() - started)
+                elapsed = perf_counter() - started
+                duration.observe(elapsed)
                 metrics.request(short, code, namespace).inc()
+                if audit is not None and verdict is not None:
+                    allowed = verdict.allowed and not verdict.would_deny
+                    if audit.wants(info, allowed):
+                        audit.write(
+                            AuditRecord(
+                                subject=_subject(verdict, None),
+                                auth_type=auth_type_label(verdict.claims),
+                                peer=peer,
+                                method=short,
+                                namespace=namespace,
+                                workflow_id=workflow_id(info, request),
+                                decision="allow" if allowed else "deny",
+                                reason=verdict.result.reason.value,
+                                mode=mode,
+                                upstream_status=code,
+                                duration_seconds=elapsed,
+                            )
+                        )
 
         return relay

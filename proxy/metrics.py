@@ -117,6 +117,12 @@ class ProxyMetrics:
             ("code",),
             registry=registry,
         )
+        self.rate_limited_total = Counter(
+            PREFIX + "rate_limited_total",
+            "Calls refused with RESOURCE_EXHAUSTED by the opt-in rate limits, by bucket scope.",
+            ("scope",),
+            registry=registry,
+        )
         self.inflight = Gauge(
             PREFIX + "inflight_requests",
             "Calls currently being handled.",

@@ -9,8 +9,10 @@ from typing import Any, Literal
 
 from proxy.errors import CredentialError, MalformedRequestError
 from proxy.interfaces import AuthInfoOptional, Authorizer, ClaimMapper
+from proxy.listfilter import LIST_NAMESPACES, can_list_some
 from proxy.metrics import ProxyMetrics
 from proxy.model import (
+    ALLOW,
     AuthInfo,
     AuthType,
     CallTarget,
@@ -71,6 +73,8 @@ class Verdict:
     result: Result
     claims: Claims | None
     namespace: str
+    would_deny: bool = False  # shadow mode: forwarded although `enforce` would deny
+    filter_namespaces: bool = False  # ListNamespaces answered with the caller's namespaces only
 
     @property
     def allowed(self) -> bool:
@@ -101,6 +105,7 @@ class Gate:
         audience: str = "",
         peer_always_verified: bool = False,
         mode: Mode = "enforce",
+        filter_list_namespaces: bool = False,
     ) -> None:
         self._mapper = claim_mapper
         self._authorizer = authorizer
@@ -111,6 +116,7 @@ class Gate:
         # "no token and no certificate -> anonymous" rule never applies.
         self._peer_always_verified = peer_always_verified
         self._mode: Mode = mode
+        self._filter_list_namespaces = filter_list_namespaces
         self._auth_info_required = not (
             isinstance(claim_mapper, AuthInfoOptional) and not claim_mapper.auth_info_required()
         )
@@ -158,6 +164,15 @@ class Gate:
                 reason=stage.value,
                 error=repr(exc),
             )
+        filtered = False
+        if (
+            self._filter_list_namespaces
+            and result.reason is Reason.INSUFFICIENT_ROLE
+            and method.full_name == LIST_NAMESPACES
+            and can_list_some(claims)
+        ):
+            # Opt-in extension: namespace-scoped callers may list, and see only their own.
+            result, filtered = ALLOW, True
         auth_type = auth_type_label(claims)
         self._metrics.authz_duration.observe(perf_counter() - started)
         self._metrics.decision(
@@ -178,5 +193,8 @@ class Gate:
                     result=Result(decision=Decision.ALLOW, reason=result.reason),
                     claims=claims,
                     namespace=namespace,
+                    would_deny=True,
                 )
-        return Verdict(result=result, claims=claims, namespace=namespace)
+        return Verdict(
+            result=result, claims=claims, namespace=namespace, filter_namespaces=filtered
+        )

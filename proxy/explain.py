@@ -1,0 +1,211 @@
+"""`temporal-auth-proxy explain`: the claims, the method's rule and the decision for one call,
+computed by the same builders and the same Gate that `serve` uses, so the two cannot disagree."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from proxy import methods
+from proxy.app import build_authorizer, build_claim_mapper, build_key_provider
+from proxy.authz import required_role
+from proxy.config import Config
+from proxy.errors import ConfigError
+from proxy.metrics import ProxyMetrics
+from proxy.model import Claims, MethodInfo, PeerIdentity, Role, Scope
+from proxy.pipeline import Gate, Verdict
+from proxy.tls import peer_identity
+
+_SERVICES = (
+    "/temporal.api.workflowservice.v1.WorkflowService/",
+    "/temporal.api.operatorservice.v1.OperatorService/",
+    "/temporal.server.api.adminservice.v1.AdminService/",
+    "/grpc.health.v1.Health/",
+)
+
+
+class _Capture:
+    """A logger that keeps events, so the real reason of a denial can be shown."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def _log(self, event: str, **kw: Any) -> None:
+        self.events.append({"event": event, **kw})
+
+    debug = info = warning = error = _log
+
+
+@dataclass
+class Explanation:
+    method: str
+    scope: str
+    access: str
+    required_role: int | None
+    namespace: str
+    claims: Claims | None
+    decision: str
+    reason: str
+    rule: str
+    details: list[str] = field(default_factory=list)
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision == "allow"
+
+    def as_dict(self) -> dict[str, Any]:
+        c = self.claims
+        return {
+            "method": self.method,
+            "scope": self.scope,
+            "access": self.access,
+            "required_role": self.required_role,
+            "namespace": self.namespace,
+            "claims": None
+            if c is None
+            else {
+                "subject": c.subject,
+                "auth_type": c.auth_type,
+                "system": int(c.system),
+                "namespaces": {k: int(v) for k, v in sorted(c.namespaces.items())},
+            },
+            "decision": self.decision,
+            "reason": self.reason,
+            "rule": self.rule,
+            "details": self.details,
+        }
+
+    def as_text(self) -> str:
+        lines = [f"method:    {self.method}", f"scope:     {self.scope} / {self.access}"]
+        if self.required_role is not None:
+            lines.append(
+                f"requires:  role >= {self.required_role} ({_role_name(self.required_role)})"
+            )
+        lines.append(f"namespace: {self.namespace!r}")
+        c = self.claims
+        if c is None:
+            lines.append("claims:    none (anonymous)")
+        else:
+            lines.append(f"subject:   {c.subject!r} ({c.auth_type or 'noop'})")
+            lines.append(f"system:    {int(c.system)} ({_role_name(int(c.system))})")
+            for ns, role in sorted(c.namespaces.items()):
+                lines.append(f"ns role:   {ns!r} = {int(role)} ({_role_name(int(role))})")
+        lines.append(f"decision:  {self.decision.upper()} ({self.reason})")
+        lines.append(f"rule:      {self.rule}")
+        lines.extend(f"detail:    {d}" for d in self.details)
+        return "\n".join(lines)
+
+
+_ROLE_NAMES = (
+    (Role.ADMIN, "admin"),
+    (Role.WRITER, "writer"),
+    (Role.READER, "reader"),
+    (Role.WORKER, "worker"),
+)
+
+
+def _role_name(value: int) -> str:
+    names = [name for role, name in _ROLE_NAMES if value & role]
+    return "+".join(names) if names else "none"
+
+
+def resolve_method(name: str) -> MethodInfo:
+    candidates = [name] if name.startswith("/") else [p + name for p in _SERVICES]
+    for full in candidates:
+        info = methods.lookup(full)
+        if info is not None:
+            return info
+    raise ConfigError("--method", f"unknown method {name!r}")
+
+
+def _request_for(info: MethodInfo, namespace: str) -> bytes:
+    if info.namespace_field is None or not namespace:
+        return b""
+    raw = namespace.encode()
+    if len(raw) > 127:
+        raise ConfigError("--namespace", "is longer than 127 bytes")
+    return bytes([info.namespace_field << 3 | 2, len(raw)]) + raw
+
+
+def _rule(info: MethodInfo, verdict: Verdict, required: int | None) -> str:
+    reason = verdict.result.reason.value
+    claims = verdict.claims
+    if reason == "health_check":
+        return "health-check APIs (Health/Check, GetSystemInfo) are always allowed"
+    if reason == "noop":
+        return "the noop authorizer allows every call"
+    if reason == "no_credentials":
+        return "no token and no verified certificate: anonymous calls are denied"
+    if reason == "unknown_method":
+        return "methods outside Temporal's table are denied, even for a system admin"
+    if claims is not None and required is not None and reason in ("allowed", "insufficient_role"):
+        ns = verdict.namespace
+        if info.scope is Scope.CLUSTER:
+            have, how = int(claims.system), f"system role {int(claims.system)}"
+        else:
+            have = int(claims.role_in(ns))
+            how = (
+                f"system {int(claims.system)} | namespace[{ns!r}] "
+                f"{int(claims.namespaces.get(ns, Role.UNDEFINED))} = {have}"
+            )
+        op = ">=" if have >= required else "<"
+        return f"{info.scope.value}-scope {info.access.value}: {how} {op} {required}"
+    return f"credentials refused ({reason})"
+
+
+async def explain(
+    cfg: Config, *, method: str, namespace: str, token: str = "", cert_pem: bytes | None = None
+) -> Explanation:
+    info = resolve_method(method)
+    capture = _Capture()
+    keys = build_key_provider(cfg, ProxyMetrics(CollectorRegistry(), method_names=()), capture)
+    if keys is not None and not await keys.refresh():
+        failures = [
+            e.get("error", "") for e in capture.events if e["event"] == "jwks_refresh_failed"
+        ]
+        raise ConfigError("authorization.jwtKeyProvider.keySourceURIs", "; ".join(failures))
+    mapper = build_claim_mapper(cfg, keys, capture)
+    gate = Gate(
+        claim_mapper=mapper,
+        authorizer=build_authorizer(cfg),
+        metrics=ProxyMetrics(CollectorRegistry(), method_names=()),
+        logger=capture,
+        audience=cfg.authorization.audience,
+        peer_always_verified=cert_pem is not None,
+        mode="enforce",
+        filter_list_namespaces=cfg.authorization.filter_list_namespaces,
+    )
+    peer: PeerIdentity | None = None
+    if cert_pem is not None:
+        peer = peer_identity({"x509_pem_cert": [cert_pem]})
+        if peer is None:
+            raise ConfigError("--cert", "is not a PEM certificate")
+    header = token if not token or " " in token else f"Bearer {token}"
+    verdict = await gate.check(info, _request_for(info, namespace), token=header, peer=peer)
+    required = required_role(info) if verdict.result.reason.value != "unknown_method" else None
+    details = [
+        f"{e['event']}: {e.get('error') or e.get('reason', '')}"
+        for e in capture.events
+        if e["event"] in ("claims_failed", "authorization_error", "request_malformed")
+    ]
+    return Explanation(
+        method=info.full_name,
+        scope=info.scope.value,
+        access=info.access.value,
+        required_role=required,
+        namespace=verdict.namespace,
+        claims=verdict.claims,
+        decision="allow" if verdict.allowed else "deny",
+        reason=verdict.result.reason.value,
+        rule=_rule(info, verdict, required),
+        details=details,
+    )
+
+
+def render(explanation: Explanation, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(explanation.as_dict(), indent=2, sort_keys=True)
+    return explanation.as_text()
