@@ -29,6 +29,8 @@ import yaml
 from proxy.errors import ConfigError
 
 REDACTED = "<redacted>"
+_MAX_INT = 2**53  # no count or size here needs more; keeps YAML ints sane
+_GRPC_MAX_SIZE = 2**31 - 1  # grpc channel args are C ints
 
 
 def _key(name: str, *, kind: str = "") -> dict[str, str]:
@@ -360,12 +362,14 @@ class _Parser:
         if tp is int:
             if isinstance(raw, str):
                 raw = _substitute_env(raw, path, self.env).strip()
-                if re.fullmatch(r"-?\d+", raw):
+                if re.fullmatch(r"-?[0-9]{1,18}", raw):
                     raw = int(raw)
             if isinstance(raw, bool) or not isinstance(raw, int):
                 raise ConfigError(path, "expected an integer")
             if raw < 0:
                 raise ConfigError(path, "must not be negative")
+            if raw > _MAX_INT:
+                raise ConfigError(path, f"must be at most {_MAX_INT}")
             return raw
         if tp is float:
             if isinstance(raw, str):
@@ -487,6 +491,12 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("upstream.channels", "must be at least 1")
     if cfg.listen.max_message_size < 1024:
         raise ConfigError("listen.maxMessageSize", "must be at least 1024 bytes")
+    for key, size in (
+        ("listen.maxMessageSize", cfg.listen.max_message_size),
+        ("listen.maxHeaderListSize", cfg.listen.max_header_list_size),
+    ):
+        if size > _GRPC_MAX_SIZE:
+            raise ConfigError(key, f"must be at most {_GRPC_MAX_SIZE} (grpc's limit)")
     az = cfg.authorization
     for key, value in (
         ("authorization.authorizer", az.authorizer),
@@ -527,7 +537,7 @@ def _validate(cfg: Config) -> None:
 
 def _check_address(value: str, path: str) -> None:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
         raise ConfigError(path, f"expected host:port, got {value!r}")
 
 
@@ -543,10 +553,13 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read config file {p}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("", f"config file {p} is not UTF-8: {exc.reason}") from exc
     try:
         raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError("", f"{p} is not valid YAML: {exc}") from exc
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        # ValueError: PyYAML's int() of a huge literal; RecursionError: absurd nesting.
+        raise ConfigError("", f"{p} is not valid YAML: {type(exc).__name__}: {exc}"[:500]) from exc
     return parse_config(raw if raw is not None else {}, env)
 
 
