@@ -322,9 +322,6 @@ def build(cfg: Config, *, logger: Any, registry: CollectorRegistry | None = None
     )
     audit = AuditLog(cfg.audit) if cfg.audit.enabled else None
     pool = UpstreamPool(make_channel_factory(cfg, materials.internode), cfg.upstream.channels)
-    wants_peer = require_client_auth and not isinstance(
-        mapper, DefaultJWTClaimMapper | NoopClaimMapper
-    )
     handler = ForwardingHandler(
         gate=gate,
         pool=pool,
@@ -337,7 +334,9 @@ def build(cfg: Config, *, logger: Any, registry: CollectorRegistry | None = None
         strip_authorization=cfg.upstream.authorization == "strip",
         read_peer=(
             (lambda ctx: peer_identity(ctx.auth_context()))
-            if wants_peer or (audit is not None and require_client_auth)
+            # Every verified certificate is read (once per connection, memoized) so that its
+            # key usage is checked as Go's TLS stack would.
+            if require_client_auth
             else None
         ),
         limiter=RateLimiter(cfg.rate_limits) if cfg.rate_limits.enabled else None,

@@ -59,6 +59,7 @@ class Reason(enum.StrEnum):
     BAD_SUBJECT = "bad_subject"
     NO_KEYS = "no_keys"
     CERTIFICATE_REQUIRED = "certificate_required"
+    BAD_CERTIFICATE = "bad_certificate"
     TOKEN_REQUIRED = "token_required"
     AUTHORIZER_ERROR = "authorizer_error"
     CLAIM_MAPPER_ERROR = "claim_mapper_error"
@@ -84,6 +85,9 @@ class PeerIdentity:
     dns_names: tuple[str, ...] = ()
     uris: tuple[str, ...] = ()
     spiffe_id: str = ""
+    # Go's crypto/tls (so Temporal) only accepts client certificates whose extended key usage
+    # allows clientAuth (or has no EKU extension); BoringSSL in grpcio does not check it.
+    client_auth: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -136,6 +136,10 @@ class Gate:
         stage = Reason.CLAIM_MAPPER_ERROR
         try:
             namespace = extract_namespace(request, method.namespace_field)
+            if peer is not None and not peer.client_auth:
+                raise CredentialError(
+                    Reason.BAD_CERTIFICATE, "client certificate lacks the clientAuth key usage"
+                )
             if (
                 token
                 or peer is not None

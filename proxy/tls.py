@@ -790,6 +790,13 @@ def _identity_from_pem(pem: bytes) -> PeerIdentity | None:
         return None
     common_names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     units = cert.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATIONAL_UNIT_NAME)
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        client_auth = any(u in _CLIENT_USAGES for u in usages)
+    except x509.ExtensionNotFound:
+        client_auth = True  # no EKU extension: any usage (Go's rule)
+    except ValueError:
+        return None
     return PeerIdentity(
         subject=cert.subject.rfc4514_string(),
         common_name=str(common_names[0].value) if common_names else "",
@@ -797,7 +804,13 @@ def _identity_from_pem(pem: bytes) -> PeerIdentity | None:
         dns_names=dns,
         uris=uris,
         spiffe_id=_spiffe_id(uris),
+        client_auth=client_auth,
     )
+
+
+_CLIENT_USAGES = frozenset(
+    {x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH, x509.oid.ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}
+)
 
 
 def peer_identity(auth_context: Mapping[str, Sequence[bytes]]) -> PeerIdentity | None:
@@ -816,4 +829,5 @@ def peer_identity(auth_context: Mapping[str, Sequence[bytes]]) -> PeerIdentity |
         dns_names=tuple(v.decode("utf-8", "replace") for v in auth_context.get("peer_dns", ())),
         uris=uris,
         spiffe_id=_spiffe_id(uris),
+        client_auth=False,  # its usage cannot be checked: fail closed
     )
