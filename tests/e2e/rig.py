@@ -373,10 +373,13 @@ class ProxyProcess:
         *,
         wait_ready: bool = True,
         env: Mapping[str, str] | None = None,
+        admin_ca: str | None = None,
     ) -> None:
+        """`admin_ca`: the admin port serves HTTPS (`admin.tls`); poll it trusting this CA."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.config = config
+        self.admin_ssl = ssl.create_default_context(cafile=admin_ca) if admin_ca else None
         self.port = (
             free_port()
             if config["listen"]["address"].endswith(":0")
@@ -389,6 +392,8 @@ class ProxyProcess:
         )
         config["listen"]["address"] = f"{LOOPBACK}:{self.port}"
         config["admin"]["address"] = f"{LOOPBACK}:{self.admin_port}"
+        scheme = "https" if admin_ca else "http"
+        self.admin_url = f"{scheme}://{LOOPBACK}:{self.admin_port}"
         self.config_path = workdir / f"proxy-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / f"proxy-{self.port}.log"
@@ -408,7 +413,7 @@ class ProxyProcess:
             raise RuntimeError(f"proxy exited {self.proc.returncode}: {self.logs()[-3000:]}")
         try:
             with urllib.request.urlopen(
-                f"http://{LOOPBACK}:{self.admin_port}{path}", timeout=5
+                f"{self.admin_url}{path}", timeout=5, context=self.admin_ssl
             ) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
@@ -479,8 +484,11 @@ def cli(
     cert: str = "client",
     timeout: float = 30,
     extra: tuple[str, ...] = (),
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real `temporal` CLI through the proxy with mTLS (and --api-key when given)."""
+    """Run the real `temporal` CLI through the proxy with mTLS (and --api-key when given).
+
+    `env` is added to this process's environment for the CLI."""
     cmd = [
         TEMPORAL,
         *args,
@@ -501,7 +509,13 @@ def cli(
     if token is not None:
         cmd += ["--api-key", token]
     cmd += list(extra)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env} if env is not None else None,
+    )
 
 
 @contextlib.contextmanager

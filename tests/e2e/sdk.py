@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Mapping
 
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 from temporalio.service import TLSConfig
 from temporalio.worker import Worker
 
@@ -21,6 +22,7 @@ async def connect(
     token: str | None = None,
     cert: str = "client",
     headers: Mapping[str, str] | None = None,
+    data_converter: DataConverter | None = None,
 ) -> Client:
     tls = TLSConfig(
         server_root_ca_cert=pki.read("ca.pem"),
@@ -34,6 +36,7 @@ async def connect(
         tls=tls,
         api_key=token,
         rpc_metadata=dict(headers or {}),
+        data_converter=data_converter or DataConverter.default,
     )
 
 
