@@ -33,4 +33,5 @@ Paste this to talk to Temporal through the proxy:
     --api-key $token
 
 MSG
-exec "$bin/temporal-auth-proxy" serve --config "$root/deploy/dev/proxy.yaml"
+# Not exec: the EXIT trap must still stop the dev server when the proxy ends.
+"$bin/temporal-auth-proxy" serve --config "$root/deploy/dev/proxy.yaml"
