@@ -1,0 +1,221 @@
+"""Config loader: Temporal's keys and rules, our additions, path-qualified errors."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from proxy.config import (
+    REDACTED,
+    effective_config,
+    format_duration,
+    load_config,
+    parse_config,
+    parse_duration,
+)
+from proxy.errors import ConfigError
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+KEY = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def minimal(**sections: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "upstream": {"address": "127.0.0.1:7233"},
+        "authorization": {"claimMapper": "noop", "authorizer": "noop"},
+    }
+    raw.update(sections)
+    return raw
+
+
+def error_path(raw: Any, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, env or {})
+    return caught.value.path
+
+
+def test_defaults_match_the_design() -> None:
+    cfg = parse_config(minimal(), {})
+    assert cfg.listen.address == "0.0.0.0:7233"
+    assert cfg.admin.address == "0.0.0.0:9090"
+    assert cfg.listen.max_message_size == 128 * 1024 * 1024
+    assert cfg.listen.max_header_list_size == 64 * 1024
+    assert cfg.listen.shutdown_grace_period == 30.0
+    assert cfg.upstream.authorization == "forward"
+    assert cfg.tls.internode is None
+    assert cfg.authorization.auth_header_name == "authorization"
+    assert cfg.authorization.auth_extra_header_name == "authorization-extras"
+    assert cfg.authorization.permissions_claim_name == "permissions"
+    assert cfg.log.format == "json"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("0", 0.0),
+        ("30s", 30.0),
+        ("1m", 60.0),
+        ("1h30m", 5400.0),
+        ("1.5h", 5400.0),
+        ("300ms", 0.3),
+        ("2h45m10s", 9910.0),
+        ("10us", 1e-5),
+        ("720h", 2592000.0),
+    ],
+)
+def test_go_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text, "x") == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "30", "1 m", "1d", "-1s", "+1s", "s", "1.s.", "ms"])
+def test_bad_durations_name_their_key(text: str) -> None:
+    raw = minimal(listen={"shutdownGracePeriod": text})
+    assert error_path(raw) == "listen.shutdownGracePeriod"
+
+
+def test_a_bare_integer_is_not_a_duration() -> None:
+    # yaml.v3 refuses integers for time.Duration; so do we.
+    assert error_path(minimal(tls={"refreshInterval": 60})) == "tls.refreshInterval"
+
+
+def test_format_duration_round_trips() -> None:
+    for seconds in (0.0, 30.0, 60.0, 5400.0, 0.25, 3725.0):
+        assert parse_duration(format_duration(seconds), "x") == pytest.approx(seconds)
+
+
+def test_env_substitution_and_unset_variables() -> None:
+    raw = minimal(upstream={"address": "${HOST}:${PORT}"})
+    assert (
+        parse_config(raw, {"HOST": "frontend", "PORT": "7233"}).upstream.address == "frontend:7233"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, {"HOST": "frontend"})
+    assert caught.value.path == "upstream.address" and "PORT is not set" in str(caught.value)
+
+
+def test_unknown_keys_are_errors_with_their_path() -> None:
+    assert error_path(minimal(listen={"adress": "x"})) == "listen.adress"
+    assert error_path(minimal(tls={"frontend": {"server": {"certfile": "x"}}})) == (
+        "tls.frontend.server.certfile"
+    )
+    assert error_path({**minimal(), "extra": 1}) == "extra"
+
+
+def test_data_values_are_base64_of_pem() -> None:
+    raw = minimal(tls={"frontend": {"server": {"certData": b64(PEM), "keyData": b64(KEY)}}})
+    cfg = parse_config(raw, {})
+    assert cfg.tls.frontend.server.cert_data == PEM
+    assert cfg.tls.frontend.server.enabled
+    bad = minimal(tls={"frontend": {"server": {"certData": PEM, "keyData": b64(KEY)}}})
+    assert error_path(bad) == "tls.frontend.server.certData"
+    not_pem = minimal(tls={"frontend": {"server": {"certData": b64("hello"), "keyData": b64(KEY)}}})
+    assert error_path(not_pem) == "tls.frontend.server.certData"
+
+
+@pytest.mark.parametrize(
+    ("server", "path"),
+    [
+        ({"certFile": "a", "certData": b64(PEM), "keyFile": "k"}, "tls.frontend.server.certFile"),
+        ({"certFile": "a", "keyFile": "k", "keyData": b64(KEY)}, "tls.frontend.server.keyFile"),
+        (
+            {"certFile": "a", "keyFile": "k", "clientCaFiles": ["c"], "clientCaData": [b64(PEM)]},
+            "tls.frontend.server.clientCaFiles",
+        ),
+        (
+            {"certFile": "a", "keyFile": "k", "clientCaFiles": [" "]},
+            "tls.frontend.server.clientCaFiles[0]",
+        ),
+        ({"keyFile": "k"}, "tls.frontend.server.certFile"),
+        ({"certFile": "a"}, "tls.frontend.server.keyFile"),
+        (
+            {"certFile": "a", "keyFile": "k", "requireClientAuth": True},
+            "tls.frontend.server.clientCaFiles",
+        ),
+        ({"requireClientAuth": True}, "tls.frontend.server.requireClientAuth"),
+    ],
+)
+def test_temporal_tls_rules_and_ours(server: dict[str, Any], path: str) -> None:
+    assert error_path(minimal(tls={"frontend": {"server": server}})) == path
+
+
+def test_internode_rules() -> None:
+    skip = {"client": {"disableHostVerification": True, "forceTLS": True}}
+    assert error_path(minimal(tls={"internode": skip})) == (
+        "tls.internode.client.disableHostVerification"
+    )
+    assert error_path(minimal(tls={"internode": {"client": {"serverName": "x"}}})) == (
+        "tls.internode.client"
+    )
+    both = {"client": {"rootCaFiles": ["a"], "rootCaData": [b64(PEM)]}}
+    assert error_path(minimal(tls={"internode": both})) == "tls.internode.client.rootCaFiles"
+    ok = parse_config(
+        minimal(tls={"internode": {"client": {"forceTLS": True, "serverName": "t"}}}), {}
+    )
+    assert ok.tls.internode is not None and ok.tls.internode.client.enabled
+
+
+@pytest.mark.parametrize(
+    ("section", "path"),
+    [
+        ({"upstream": {"address": ""}}, "upstream.address"),
+        ({"upstream": {"address": "no-port"}}, "upstream.address"),
+        ({"upstream": {"address": "h:70000"}}, "upstream.address"),
+        ({"upstream": {"address": "h:1", "authorization": "drop"}}, "upstream.authorization"),
+        ({"listen": {"workers": -1}}, "listen.workers"),
+        ({"listen": {"workers": "two"}}, "listen.workers"),
+        ({"listen": {"maxMessageSize": 100}}, "listen.maxMessageSize"),
+        ({"log": {"format": "xml"}}, "log.format"),
+        ({"authorization": {"authorizer": "strict"}}, "authorization.authorizer"),
+        (
+            {"authorization": {"claimMapper": "default"}},
+            "authorization.jwtKeyProvider.keySourceURIs",
+        ),
+        ({"authorization": {"claimMapper": "noop", "mode": "audit"}}, "authorization.mode"),
+        ({"codec": {"enabled": True}}, "codec.keys"),
+        ({"audit": {"enabled": True, "sink": "file"}}, "audit.path"),
+    ],
+)
+def test_proxy_rules(section: dict[str, Any], path: str) -> None:
+    raw = minimal()
+    for key, value in section.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    assert error_path(raw) == path
+
+
+def test_names_are_case_insensitive_like_temporal() -> None:
+    raw = minimal(authorization={"authorizer": "Default", "claimMapper": "NOOP"})
+    cfg = parse_config(raw, {})
+    assert cfg.authorization.authorizer == "Default"
+
+
+def test_effective_config_redacts_secrets_and_shows_defaults() -> None:
+    raw = minimal(
+        tls={"frontend": {"server": {"certData": b64(PEM), "keyData": b64(KEY)}}},
+        codec={"enabled": True, "keys": {"k1": b64("x" * 32)}, "encryptKeyId": "k1"},
+    )
+    shown = effective_config(parse_config(raw, {}))
+    assert shown["tls"]["frontend"]["server"]["keyData"] == REDACTED
+    assert shown["codec"]["keys"] == {"k1": REDACTED}
+    assert shown["listen"]["shutdownGracePeriod"] == "30s"
+    assert "PRIVATE KEY" not in repr(shown)
+
+
+def test_load_config_errors(tmp_path) -> None:
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(missing, {})
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("listen: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken, {})
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError) as caught:
+        load_config(empty, {})
+    assert caught.value.path == "upstream.address"
