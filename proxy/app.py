@@ -21,13 +21,14 @@ from proxy.admin import build_admin_app, metrics_registry
 from proxy.audit import AuditLog
 from proxy.authz import DefaultAuthorizer, NoopAuthorizer
 from proxy.claims import DefaultJWTClaimMapper, NoopClaimMapper
+from proxy.claims.identity import build_identity_mapper, build_idp_keys
 from proxy.codec import PayloadCodec
 from proxy.codec_http import codec_requires_authorization, codec_routes
-from proxy.config import Config
+from proxy.config import IDENTITY_MAPPERS, Config, identity_members
 from proxy.errors import ConfigError
 from proxy.forward import ForwardingHandler, UpstreamPool, channel_options
 from proxy.interfaces import Authorizer, ClaimMapper
-from proxy.keys import JwksKeyProvider
+from proxy.keys import IdpKeys, JwksKeyProvider
 from proxy.metrics import ProxyMetrics, multiprocess_dir
 from proxy.pipeline import Gate
 from proxy.plugins import load_plugin
@@ -53,11 +54,14 @@ def _split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def build_claim_mapper(cfg: Config, keys: JwksKeyProvider | None, logger: Any) -> ClaimMapper:
+def build_claim_mapper(
+    cfg: Config, keys: JwksKeyProvider | IdpKeys | None, logger: Any
+) -> ClaimMapper:
     a = cfg.authorization
     name = a.claim_mapper.lower()
-    if name == "default":
-        assert keys is not None
+
+    def default_mapper() -> DefaultJWTClaimMapper:
+        assert isinstance(keys, JwksKeyProvider)
         try:
             return DefaultJWTClaimMapper(
                 keys,
@@ -68,8 +72,14 @@ def build_claim_mapper(cfg: Config, keys: JwksKeyProvider | None, logger: Any) -
             )
         except ValueError as exc:
             raise ConfigError("authorization.permissionsRegex", str(exc)) from exc
+
+    if name == "default":
+        return default_mapper()
     if name in ("", "noop"):
         return NoopClaimMapper()
+    if name in IDENTITY_MAPPERS:
+        idp_keys = keys if isinstance(keys, IdpKeys) else None
+        return build_identity_mapper(cfg, jwt=default_mapper, idp_keys=idp_keys, logger=logger)
     mapper = load_plugin(a.claim_mapper, ClaimMapper, "authorization.claimMapper")
     return mapper  # type: ignore[return-value]  # load_plugin checked the protocol
 
@@ -84,8 +94,13 @@ def build_authorizer(cfg: Config) -> Authorizer:
     return authorizer  # type: ignore[return-value]  # load_plugin checked the protocol
 
 
-def build_key_provider(cfg: Config, metrics: ProxyMetrics, logger: Any) -> JwksKeyProvider | None:
-    if cfg.authorization.claim_mapper.lower() != "default":
+def build_key_provider(
+    cfg: Config, metrics: ProxyMetrics, logger: Any
+) -> JwksKeyProvider | IdpKeys | None:
+    used = identity_members(cfg.authorization)
+    if "idp" in used:
+        return build_idp_keys(cfg.authorization, logger, metrics.on_jwks_refresh)
+    if "jwt" not in used:
         return None
     kp = cfg.authorization.jwt_key_provider
     try:
@@ -108,7 +123,7 @@ class App:
     log: Any
     reloader: TLSReloader
     frontend: FrontendCredentials | None
-    keys: JwksKeyProvider | None
+    keys: JwksKeyProvider | IdpKeys | None
     gate: Gate
     pool: UpstreamPool
     handler: ForwardingHandler

@@ -107,6 +107,66 @@ class JWTKeyProviderConfig:
     fetch_timeout: float = field(default=10.0, metadata=_kind("duration"))
 
 
+# Ours, opt-in ("Identity without code" in the README): certificate rules, a mapper chain and
+# identity-provider tokens. `claimMapper: default` never reads these sections.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CertificateRuleConfig:
+    """Match the verified client certificate (exact or glob) and grant `namespace:permission`."""
+
+    spiffe_id: str = field(default="", metadata=_key("spiffeId"))
+    uri: str = ""
+    dns_name: str = ""
+    common_name: str = ""
+    organizational_unit: str = ""
+    subject: str = ""
+    grants: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChainConfig:
+    mode: Literal["union", "jwt-only", "cert-only", "cert-and-jwt"] = "union"
+    members: tuple[str, ...] = ("cert", "jwt")  # cert, and one token mapper: jwt (default) or idp
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoleClaimConfig:
+    path: str = ""  # dotted path into the payload, e.g. realm_access.roles; "\\." is a literal dot
+    claim: str = ""  # or one literal top-level claim name, e.g. https://example.com/roles
+    map: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PublicKeyFileConfig:
+    file: str = ""
+    kid: str = ""  # empty: the key verifies tokens without a kid header
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IssuerConfig:
+    issuer: str = ""
+    jwks_uri: str = ""
+    discovery: bool = False  # fetch {issuer}/.well-known/openid-configuration for jwks_uri
+    discovery_uri: str = ""  # a different discovery document URL (implies discovery)
+    jwks_file: str = ""  # static JWKS file (air-gapped)
+    public_key_files: tuple[PublicKeyFileConfig, ...] = ()  # static PEM keys (air-gapped)
+    audience: tuple[str, ...] = ()
+    subject_claim: str = "sub"
+    leeway: float = field(default=0.0, metadata=_kind("duration"))
+    algorithms: tuple[str, ...] = ("RS256",)
+    refresh_interval: float = field(default=300.0, metadata=_kind("duration"))
+    refetch_interval: float = field(default=30.0, metadata=_kind("duration"))  # 0 = never
+    fetch_timeout: float = field(default=10.0, metadata=_kind("duration"))
+    role_claims: tuple[RoleClaimConfig, ...] = ()
+    permissions_claim: str = ""  # also read a Temporal-style namespace:permission list
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdpConfig:
+    issuers: tuple[IssuerConfig, ...] = ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuthorizationConfig:
     jwt_key_provider: JWTKeyProviderConfig = field(default_factory=JWTKeyProviderConfig)
@@ -122,6 +182,10 @@ class AuthorizationConfig:
     mode: Literal["enforce", "shadow"] = "enforce"
     # Ours: ListNamespaces for namespace-scoped callers, answered with their namespaces only.
     filter_list_namespaces: bool = False
+    # Ours, opt-in: claimMapper cert | chain | idp read these.
+    certificate_rules: tuple[CertificateRuleConfig, ...] = ()
+    chain: ChainConfig = field(default_factory=ChainConfig)
+    idp: IdpConfig = field(default_factory=IdpConfig)
 
 
 # ------------------------------------------------------------------------- the proxy's own
@@ -389,6 +453,9 @@ class _Parser:
                 return ()
             if not isinstance(raw, list):
                 raise ConfigError(path, "expected a list")
+            item_tp = typing.get_args(tp)[0]
+            if dataclasses.is_dataclass(item_tp) and isinstance(item_tp, type):
+                return tuple(self.section(item_tp, v, f"{path}[{i}]") for i, v in enumerate(raw))
             items = tuple(self.string(v, f"{path}[{i}]") for i, v in enumerate(raw))
             if kind in ("ca_list", "pem_ca_list"):
                 for i, item in enumerate(items):
@@ -402,6 +469,12 @@ class _Parser:
                 return {}
             if not isinstance(raw, dict):
                 raise ConfigError(path, "expected a mapping")
+            value_tp = typing.get_args(tp)[1]
+            if typing.get_origin(value_tp) is tuple:
+                return {
+                    self.string(k, path): self.value(value_tp, v, f"{path}.{k}", "")
+                    for k, v in raw.items()
+                }
             return {self.string(k, path): self.string(v, f"{path}.{k}") for k, v in raw.items()}
         raise ConfigError(path, f"unsupported type {tp!r}")  # pragma: no cover - schema bug
 
@@ -498,14 +571,13 @@ def _validate(cfg: Config) -> None:
         if size > _GRPC_MAX_SIZE:
             raise ConfigError(key, f"must be at most {_GRPC_MAX_SIZE} (grpc's limit)")
     az = cfg.authorization
-    for key, value in (
-        ("authorization.authorizer", az.authorizer),
-        ("authorization.claimMapper", az.claim_mapper),
+    for key, value, ours in (
+        ("authorization.authorizer", az.authorizer, ()),
+        ("authorization.claimMapper", az.claim_mapper, IDENTITY_MAPPERS),
     ):
-        if value.lower() not in ("", "default", "noop") and ":" not in value:
-            raise ConfigError(
-                key, f"unknown value {value!r} (default, noop or module.path:Factory)"
-            )
+        if value.lower() not in ("", "default", "noop", *ours) and ":" not in value:
+            names = ", ".join(("default", "noop", *ours))
+            raise ConfigError(key, f"unknown value {value!r} ({names} or module.path:Factory)")
     if az.claim_mapper.lower() == "default" and not [
         u for u in az.jwt_key_provider.key_source_uris if u.strip()
     ]:
@@ -515,6 +587,7 @@ def _validate(cfg: Config) -> None:
         )
     if not az.auth_header_name.strip():
         raise ConfigError("authorization.authHeaderName", "must not be empty")
+    _validate_identity(cfg)
     if cfg.admin.tls.enabled and not (cfg.admin.tls.cert_file and cfg.admin.tls.key_file):
         raise ConfigError("admin.tls", "needs both certFile and keyFile")
     if cfg.audit.enabled and cfg.audit.sink == "file" and not cfg.audit.path:
@@ -533,6 +606,147 @@ def _validate(cfg: Config) -> None:
                 raise ConfigError(
                     f"codec.namespaceKeys.{ns}", f"key id {kid!r} is not in codec.keys"
                 )
+
+
+IDENTITY_MAPPERS = ("cert", "chain", "idp")
+_CHAIN_MEMBERS = ("cert", "jwt", "idp")
+
+
+def identity_members(az: AuthorizationConfig) -> frozenset[str]:
+    """The mappers `claimMapper` puts to use: cert, jwt (Temporal's default) and/or idp."""
+    name = az.claim_mapper.lower()
+    if name == "default":
+        return frozenset({"jwt"})
+    if name in ("cert", "idp"):
+        return frozenset({name})
+    if name != "chain":
+        return frozenset()
+    members = set(az.chain.members)
+    if az.chain.mode == "cert-only":
+        members &= {"cert"}
+    elif az.chain.mode == "jwt-only":
+        members -= {"cert"}
+    return frozenset(members)
+
+
+def _validate_identity(cfg: Config) -> None:
+    """claimMapper cert | chain | idp: the sections they read, checked before anything starts.
+
+    Patterns, grants and key files are checked when the mappers are built (also at startup)."""
+    az = cfg.authorization
+    name = az.claim_mapper.lower()
+    if name == "chain":
+        members = az.chain.members
+        for i, member in enumerate(members):
+            if member not in _CHAIN_MEMBERS:
+                raise ConfigError(
+                    f"authorization.chain.members[{i}]",
+                    f"unknown member {member!r} ({', '.join(_CHAIN_MEMBERS)})",
+                )
+        if len(set(members)) != len(members):
+            raise ConfigError("authorization.chain.members", "lists a member twice")
+        if "jwt" in members and "idp" in members:
+            raise ConfigError(
+                "authorization.chain.members", "use one token mapper: jwt or idp, not both"
+            )
+        mode = az.chain.mode
+        has_token = "jwt" in members or "idp" in members
+        if not members:
+            raise ConfigError("authorization.chain.members", "must not be empty")
+        if mode in ("cert-and-jwt", "cert-only") and "cert" not in members:
+            raise ConfigError("authorization.chain.members", f"mode {mode} needs cert")
+        if mode in ("cert-and-jwt", "jwt-only") and not has_token:
+            raise ConfigError("authorization.chain.members", f"mode {mode} needs jwt or idp")
+    used = identity_members(az)
+    if (
+        name == "chain"
+        and "jwt" in used
+        and not [u for u in az.jwt_key_provider.key_source_uris if u.strip()]
+    ):
+        raise ConfigError(
+            "authorization.jwtKeyProvider.keySourceURIs",
+            "chain member jwt (Temporal's default mapper) needs at least one key source",
+        )
+    if "cert" in used:
+        if not az.certificate_rules:
+            raise ConfigError(
+                "authorization.certificateRules", f"claimMapper {name} needs at least one rule"
+            )
+        if not cfg.tls.frontend.server.require_client_auth:
+            # grpcio cannot ask for an optional client certificate: without this there is none.
+            raise ConfigError(
+                "tls.frontend.server.requireClientAuth",
+                f"claimMapper {name} maps client certificates: set requireClientAuth: true",
+            )
+    if "idp" in used:
+        _validate_idp(az.idp)
+
+
+def _validate_idp(idp: IdpConfig) -> None:
+    if not idp.issuers:
+        raise ConfigError("authorization.idp.issuers", "at least one issuer is required")
+    seen: set[str] = set()
+    for i, iss in enumerate(idp.issuers):
+        path = f"authorization.idp.issuers[{i}]"
+        if not iss.issuer:
+            raise ConfigError(f"{path}.issuer", "is required")
+        if iss.issuer in seen:
+            raise ConfigError(f"{path}.issuer", f"{iss.issuer!r} is configured twice")
+        seen.add(iss.issuer)
+        remote = [
+            k
+            for k, v in (
+                ("jwksUri", iss.jwks_uri),
+                ("discovery", iss.discovery or iss.discovery_uri),
+            )
+            if v
+        ]
+        if len(remote) > 1:
+            raise ConfigError(f"{path}.jwksUri", "give jwksUri or discovery, not both")
+        if not remote and not iss.jwks_file and not iss.public_key_files:
+            raise ConfigError(path, "needs keys: jwksUri, discovery, jwksFile or publicKeyFiles")
+        for j, pk in enumerate(iss.public_key_files):
+            if not pk.file:
+                raise ConfigError(f"{path}.publicKeyFiles[{j}].file", "is required")
+        if not [a for a in iss.audience if a.strip()]:
+            raise ConfigError(
+                f"{path}.audience",
+                "at least one audience is required (tokens for other applications of the "
+                "same identity provider must not pass)",
+            )
+        if not iss.algorithms:
+            raise ConfigError(f"{path}.algorithms", "at least one algorithm is required")
+        for j, alg in enumerate(iss.algorithms):
+            if alg not in IDP_ALGORITHMS:
+                raise ConfigError(
+                    f"{path}.algorithms[{j}]",
+                    f"{alg!r} is not allowed (one of {', '.join(IDP_ALGORITHMS)}; "
+                    "HMAC and none never are)",
+                )
+        if iss.leeway > 600:
+            raise ConfigError(f"{path}.leeway", "must be at most 10m")
+        if not iss.subject_claim:
+            raise ConfigError(f"{path}.subjectClaim", "must not be empty")
+        if iss.fetch_timeout <= 0:
+            raise ConfigError(f"{path}.fetchTimeout", "must be positive")
+        if not iss.role_claims and not iss.permissions_claim:
+            raise ConfigError(
+                f"{path}.roleClaims", "map at least one claim (roleClaims or permissionsClaim)"
+            )
+
+
+IDP_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
 
 
 def _check_address(value: str, path: str) -> None:
@@ -583,7 +797,7 @@ def _dump(obj: Any, kind: str = "") -> Any:
     if kind in ("pem", "pem_ca_list") and obj:
         return "<pem data>" if isinstance(obj, str) else ["<pem data>" for _ in obj]
     if isinstance(obj, tuple):
-        return list(obj)
+        return [_dump(item) for item in obj]
     if isinstance(obj, Mapping):
-        return dict(obj)
+        return {k: _dump(v) for k, v in obj.items()}
     return obj

@@ -1,0 +1,325 @@
+"""Certificate claim mapper: globs, grants, rules over real certificates, config errors."""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+import pytest
+
+from proxy import methods
+from proxy.app import build_claim_mapper
+from proxy.authz import DefaultAuthorizer
+from proxy.claims.cert import CertificateClaimMapper, CertificateRule
+from proxy.claims.patterns import Glob, Grant, PatternError
+from proxy.config import parse_config
+from proxy.devpki import CertificateAuthority
+from proxy.errors import ConfigError, CredentialError
+from proxy.model import AuthInfo, CallTarget, PeerIdentity, Reason, Role
+from proxy.tls import peer_identity
+
+WF = "/temporal.api.workflowservice.v1.WorkflowService/"
+OP = "/temporal.api.operatorservice.v1.OperatorService/"
+
+
+@functools.cache
+def _ca() -> CertificateAuthority:
+    return CertificateAuthority.create("cert mapper test CA")
+
+
+def peer(cn: str = "worker", **kw: Any) -> PeerIdentity:
+    """Issue a real certificate and read it back the way the proxy does per connection."""
+    issued = _ca().issue(cn, client=True, **kw)
+    identity = peer_identity({"x509_pem_cert": [issued.cert_pem]})
+    assert identity is not None
+    return identity
+
+
+def mapper(*rules: tuple[dict[str, str], list[str]]) -> CertificateClaimMapper:
+    return CertificateClaimMapper([CertificateRule.build(p, g) for p, g in rules])
+
+
+# ----------------------------------------------------------------------------------- globs
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "captures"),
+    [
+        (
+            "spiffe://prod/ns/*/sa/worker-*",
+            "spiffe://prod/ns/payments/sa/worker-7",
+            ("payments", "7"),
+        ),
+        ("spiffe://prod/ns/*/sa/worker-*", "spiffe://prod/ns/a/b/sa/worker-7", None),
+        ("spiffe://prod/ns/*/sa/worker-*", "spiffe://prod/ns//sa/worker-7", None),
+        ("spiffe://prod/ns/*/sa/worker-*", "spiffe://prod/ns/x/sa/worker-", None),
+        ("spiffe://prod/ns/*/sa/worker-*", "spiffe://prod/ns/x/sa/admin-1", None),
+        ("spiffe://prod/**", "spiffe://prod/ns/a/sa/b", ("ns/a/sa/b",)),
+        ("spiffe://prod/ns/a", "spiffe://prod/ns/a", ()),
+        ("spiffe://prod/ns/a", "spiffe://prod/ns/ab", None),
+        ("spiffe://prod/ns/a.b", "spiffe://prod/ns/aXb", None),  # a dot is literal
+        ("spiffe://prod/ns/*", "spiffe://prod/ns/pay.prod", ("pay.prod",)),
+    ],
+)
+def test_uri_globs(pattern: str, value: str, captures: tuple[str, ...] | None) -> None:
+    assert Glob.compile(pattern, separator="/").match(value) == captures
+
+
+def test_dns_globs_stay_in_one_label_and_ignore_case() -> None:
+    glob = Glob.compile("*.workers.Example.com", separator=".", fold_case=True)
+    assert glob.match("Payments.workers.example.COM") == ("payments",)
+    assert glob.match("a.b.workers.example.com") is None
+    assert glob.match("workers.example.com") is None
+
+
+@pytest.mark.parametrize("bad", ["", "a***b"])
+def test_bad_globs(bad: str) -> None:
+    with pytest.raises(PatternError):
+        Glob.compile(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "captures", "message"),
+    [
+        ("payments", 0, "namespace:permission"),
+        ("payments:writer", 0, "unknown permission"),
+        ("payments:", 0, "unknown permission"),
+        (":read", 0, "must not be empty"),
+        ("{2}:read", 1, "refers to {2}"),
+        ("{0}:read", 1, "refers to {0}"),
+    ],
+)
+def test_bad_grants(text: str, captures: int, message: str) -> None:
+    with pytest.raises(PatternError, match=re.escape(message)):
+        Grant.parse(text, captures)
+
+
+# ----------------------------------------------------------------------------------- rules
+
+
+async def test_spiffe_capture_grants_the_namespace_named_in_the_certificate() -> None:
+    m = mapper(({"spiffe_id": "spiffe://prod/ns/*/sa/worker-*"}, ["{1}:write", "{1}:worker"]))
+    p = peer(uris=("spiffe://prod/ns/payments/sa/worker-3",))
+    claims = await m.get_claims(AuthInfo(peer=p))
+    assert dict(claims.namespaces) == {"payments": Role.WRITER | Role.WORKER}
+    assert claims.system == Role.UNDEFINED
+    assert claims.auth_type == "cert"
+    assert claims.subject == "spiffe://prod/ns/payments/sa/worker-3"
+
+
+async def test_literal_system_grant_by_dns_name() -> None:
+    m = mapper(({"dns_name": "system-worker.temporal.svc"}, ["temporal-system:admin"]))
+    claims = await m.get_claims(AuthInfo(peer=peer(dns_names=("system-worker.temporal.svc",))))
+    assert claims.system == Role.ADMIN
+    authz = DefaultAuthorizer(methods.lookup, methods.HEALTH_CHECK_APIS)
+    cluster_call = CallTarget(api_name=OP + "ListClusters")
+    assert (await authz.authorize(claims, cluster_call)).allowed
+    other = await m.get_claims(AuthInfo(peer=peer(dns_names=("evil.temporal.svc",))))
+    assert not (await authz.authorize(other, cluster_call)).allowed
+
+
+async def test_a_captured_temporal_system_never_becomes_a_system_role() -> None:
+    m = mapper(({"spiffe_id": "spiffe://prod/ns/*/sa/*"}, ["{1}:admin"]))
+    claims = await m.get_claims(
+        AuthInfo(peer=peer(uris=("spiffe://prod/ns/temporal-system/sa/x",)))
+    )
+    assert claims.system == Role.UNDEFINED
+    assert dict(claims.namespaces) == {}
+
+
+async def test_every_matching_dns_name_grants() -> None:
+    m = mapper(({"dns_name": "*.ns.example.com"}, ["{1}:read"]))
+    claims = await m.get_claims(
+        AuthInfo(peer=peer(dns_names=("billing.ns.example.com", "Payments.ns.example.com")))
+    )
+    assert dict(claims.namespaces) == {"billing": Role.READER, "payments": Role.READER}
+
+
+async def test_all_matchers_of_a_rule_must_match_and_rules_add_up() -> None:
+    m = mapper(
+        ({"organizational_unit": "payments", "common_name": "worker-*"}, ["payments:write"]),
+        ({"common_name": "worker-*"}, ["shared:read"]),
+    )
+    both = await m.get_claims(AuthInfo(peer=peer("worker-1", organizational_units=("payments",))))
+    assert dict(both.namespaces) == {"payments": Role.WRITER, "shared": Role.READER}
+    only_cn = await m.get_claims(AuthInfo(peer=peer("worker-2", organizational_units=("ops",))))
+    assert dict(only_cn.namespaces) == {"shared": Role.READER}
+
+
+async def test_captures_are_numbered_across_matchers_in_field_order() -> None:
+    m = mapper(({"common_name": "*-worker", "spiffe_id": "spiffe://prod/ns/*"}, ["{1}-{2}:read"]))
+    claims = await m.get_claims(
+        AuthInfo(peer=peer("eu-worker", uris=("spiffe://prod/ns/payments",)))
+    )
+    assert dict(claims.namespaces) == {"payments-eu": Role.READER}
+
+
+async def test_subject_rule_and_no_match_gives_empty_claims() -> None:
+    p = peer("exact-cn", organizational_units=("team",))
+    m = mapper(({"subject": p.subject}, ["default:read"]))
+    assert dict((await m.get_claims(AuthInfo(peer=p))).namespaces) == {"default": Role.READER}
+    none = await m.get_claims(AuthInfo(peer=peer("someone-else")))
+    assert dict(none.namespaces) == {} and none.system == Role.UNDEFINED
+    assert none.auth_type == "cert"
+
+
+async def test_without_a_certificate_the_mapper_refuses() -> None:
+    m = mapper(({"common_name": "x"}, ["default:read"]))
+    with pytest.raises(CredentialError) as caught:
+        await m.get_claims(AuthInfo(token="Bearer x"))
+    assert caught.value.reason is Reason.CERTIFICATE_REQUIRED
+
+
+async def test_claims_are_cached_per_identity() -> None:
+    m = mapper(({"common_name": "cached"}, ["default:read"]))
+    p = peer("cached")
+    assert (await m.get_claims(AuthInfo(peer=p))) is (await m.get_claims(AuthInfo(peer=p)))
+
+
+# ----------------------------------------------------------------------------------- config
+
+TLS = {
+    "frontend": {
+        "server": {
+            "certFile": "/x.pem",
+            "keyFile": "/x.key",
+            "clientCaFiles": ["/ca.pem"],
+            "requireClientAuth": True,
+        }
+    }
+}
+
+
+def cfg(authorization: dict[str, Any], tls: dict[str, Any] | None = None) -> Any:
+    return parse_config(
+        {
+            "upstream": {"address": "127.0.0.1:7233"},
+            "tls": TLS if tls is None else tls,
+            "authorization": {"authorizer": "default", **authorization},
+        },
+        env={},
+    )
+
+
+async def test_config_builds_a_certificate_mapper() -> None:
+    c = cfg(
+        {
+            "claimMapper": "cert",
+            "certificateRules": [
+                {"spiffeId": "spiffe://prod/ns/*/sa/*", "grants": ["{1}:write"]},
+                {"dnsName": "sys.example.com", "grants": ["temporal-system:admin"]},
+            ],
+        }
+    )
+    m = build_claim_mapper(c, None, None)
+    claims = await m.get_claims(AuthInfo(peer=peer(uris=("spiffe://prod/ns/orders/sa/w",))))
+    assert dict(claims.namespaces) == {"orders": Role.WRITER}
+
+
+@pytest.mark.parametrize(
+    ("authorization", "path"),
+    [
+        ({"claimMapper": "cert"}, "authorization.certificateRules"),
+        (
+            {"claimMapper": "cert", "certificateRules": [{"grants": ["a:read"]}]},
+            "authorization.certificateRules[0]",
+        ),
+        (
+            {"claimMapper": "cert", "certificateRules": [{"commonName": "x", "grants": ["a:own"]}]},
+            "authorization.certificateRules[0]",
+        ),
+        (
+            {
+                "claimMapper": "cert",
+                "certificateRules": [{"commonName": "x", "grants": ["{1}:read"]}],
+            },
+            "authorization.certificateRules[0]",
+        ),
+        (
+            {"claimMapper": "cert", "certificateRules": [{"commonName": "x"}]},
+            "authorization.certificateRules[0]",
+        ),
+        (
+            {"claimMapper": "cert", "certificateRules": [{"cn": "x", "grants": ["a:read"]}]},
+            "authorization.certificateRules[0].cn",
+        ),
+        (
+            {"claimMapper": "cert", "certificateRules": {"commonName": "x"}},
+            "authorization.certificateRules",
+        ),
+        ({"claimMapper": "certs"}, "authorization.claimMapper"),
+    ],
+)
+def test_config_errors_name_their_path(authorization: dict[str, Any], path: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_claim_mapper(cfg(authorization), None, None)
+    assert caught.value.path == path
+
+
+def test_cert_mapper_needs_require_client_auth() -> None:
+    tls = {"frontend": {"server": {"certFile": "/x.pem", "keyFile": "/x.key"}}}
+    with pytest.raises(ConfigError) as caught:
+        cfg(
+            {
+                "claimMapper": "cert",
+                "certificateRules": [{"commonName": "x", "grants": ["a:read"]}],
+            },
+            tls,
+        )
+    assert caught.value.path == "tls.frontend.server.requireClientAuth"
+
+
+def test_authorizer_does_not_accept_the_identity_mapper_names() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            {
+                "upstream": {"address": "127.0.0.1:7233"},
+                "authorization": {"authorizer": "cert", "claimMapper": "noop"},
+            },
+            env={},
+        )
+    assert caught.value.path == "authorization.authorizer"
+
+
+def test_default_mode_config_is_untouched_by_the_new_sections() -> None:
+    c = parse_config(
+        {
+            "upstream": {"address": "127.0.0.1:7233"},
+            "authorization": {
+                "claimMapper": "default",
+                "jwtKeyProvider": {"keySourceURIs": ["file:///nonexistent.json"]},
+            },
+        },
+        env={},
+    )
+    assert c.authorization.certificate_rules == ()
+    assert c.authorization.idp.issuers == ()
+
+
+async def test_the_mapper_receives_the_peer_through_the_gate() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from proxy.metrics import ProxyMetrics
+    from proxy.pipeline import Gate
+
+    m = mapper(({"spiffe_id": "spiffe://prod/ns/*/sa/*"}, ["{1}:write"]))
+    gate = Gate(
+        claim_mapper=m,
+        authorizer=DefaultAuthorizer(methods.lookup, methods.HEALTH_CHECK_APIS),
+        metrics=ProxyMetrics(CollectorRegistry(), method_names=()),
+        logger=_NullLog(),
+        peer_always_verified=True,
+    )
+    info = methods.lookup(WF + "DescribeNamespace")
+    assert info is not None
+    request = b"\x0a\x08payments"  # DescribeNamespaceRequest{namespace: "payments"}
+    p = peer(uris=("spiffe://prod/ns/payments/sa/w",))
+    assert (await gate.check(info, request, peer=p)).allowed
+    q = peer(uris=("spiffe://prod/ns/orders/sa/w",))
+    assert not (await gate.check(info, request, peer=q)).allowed
+
+
+class _NullLog:
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **k: None
