@@ -67,6 +67,12 @@ def test_metrics_count_allowed_and_denied_calls(start_proxy, pki: Pki) -> None:
         )
         with pytest.raises(grpc.RpcError):
             ch.unary_unary(DESCRIBE_NS)(describe, timeout=5)  # no token
+    # The caller gets its status a moment before the handler's bookkeeping finishes.
+    wait_until(
+        lambda: sample(proxy.metrics(), "temporal_auth_proxy_inflight_requests") == 0,
+        5,
+        what="the handlers to finish",
+    )
     text = proxy.metrics()
     assert (
         sample(text, "temporal_auth_proxy_requests_total", method="GetSystemInfo", code="OK") == 3
