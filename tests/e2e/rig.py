@@ -524,3 +524,30 @@ def running(proxy: ProxyProcess) -> Iterator[ProxyProcess]:
         yield proxy
     finally:
         proxy.stop()
+
+
+def mtls_channel(
+    pki: Pki,
+    address: str,
+    cert: str | None = "client",
+    *,
+    pair: tuple[bytes, bytes] | None = None,
+) -> Any:
+    """A grpc channel to the proxy with the rig's `cert` (None: no client certificate) or an
+    explicit (certificate, key) PEM `pair`. Each channel opens its own connection."""
+    import grpc
+
+    cert_pem, key_pem = pair or (
+        (pki.read(f"{cert}.pem"), pki.read(f"{cert}.key")) if cert else (None, None)
+    )
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=pki.read("ca.pem"), private_key=key_pem, certificate_chain=cert_pem
+    )
+    return grpc.secure_channel(
+        address,
+        creds,
+        options=[
+            ("grpc.ssl_target_name_override", PROXY_NAME),
+            ("grpc.use_local_subchannel_pool", 1),
+        ],
+    )

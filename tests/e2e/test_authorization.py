@@ -31,13 +31,13 @@ from proxy.devpki import generate_key, mint_token, private_key_pem
 from tests.e2e import sdk
 from tests.e2e.echo import EchoUpstream
 from tests.e2e.rig import (
-    PROXY_NAME,
     Pki,
     ProxyProcess,
     TLSTerminator,
     base_config,
     deep_merge,
     jwt_authorization,
+    mtls_channel,
     sample,
     wait_until,
 )
@@ -114,14 +114,7 @@ def echo_strip(
 
 
 def channel(pki: Pki, *, proxy: ProxyProcess) -> grpc.Channel:
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=pki.read("ca.pem"),
-        private_key=pki.read("client.key"),
-        certificate_chain=pki.read("client.pem"),
-    )
-    return grpc.secure_channel(
-        proxy.address, creds, options=[("grpc.ssl_target_name_override", PROXY_NAME)]
-    )
+    return mtls_channel(pki, proxy.address)
 
 
 def call(

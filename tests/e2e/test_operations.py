@@ -21,6 +21,7 @@ from tests.e2e.rig import (
     PROXY_NAME,
     Pki,
     jwt_authorization,
+    mtls_channel,
     sample,
     wait_until,
 )
@@ -31,21 +32,7 @@ DESCRIBE_NS = "/temporal.api.workflowservice.v1.WorkflowService/DescribeNamespac
 POLL_ACTIVITY = "/temporal.api.workflowservice.v1.WorkflowService/PollActivityTaskQueue"
 
 
-def channel(pki: Pki, address: str, cert: str = "client") -> grpc.Channel:
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=pki.read("ca.pem"),
-        private_key=pki.read(f"{cert}.key"),
-        certificate_chain=pki.read(f"{cert}.pem"),
-    )
-    # A fresh subchannel pool: each channel really opens its own connection (new handshake).
-    return grpc.secure_channel(
-        address,
-        creds,
-        options=[
-            ("grpc.ssl_target_name_override", PROXY_NAME),
-            ("grpc.use_local_subchannel_pool", 1),
-        ],
-    )
+channel = mtls_channel
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from tests.e2e.echo import BIN_TRAILER, STATUS_DETAILS, EchoUpstream
-from tests.e2e.rig import PROXY_NAME, Pki, TLSTerminator, wait_until
+from tests.e2e.rig import Pki, TLSTerminator, mtls_channel, wait_until
 
 DESCRIBE_NS = "/temporal.api.workflowservice.v1.WorkflowService/DescribeNamespace"
 GET_SYSTEM_INFO = "/temporal.api.workflowservice.v1.WorkflowService/GetSystemInfo"
@@ -23,15 +23,7 @@ def echo() -> Iterator[EchoUpstream]:
     upstream.stop()
 
 
-def channel(pki: Pki, address: str) -> grpc.Channel:
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=pki.read("ca.pem"),
-        private_key=pki.read("client.key"),
-        certificate_chain=pki.read("client.pem"),
-    )
-    return grpc.secure_channel(
-        address, creds, options=[("grpc.ssl_target_name_override", PROXY_NAME)]
-    )
+channel = mtls_channel
 
 
 def test_request_response_and_metadata_are_relayed_unchanged(start_proxy, pki: Pki, echo) -> None:

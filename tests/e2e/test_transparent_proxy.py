@@ -10,7 +10,7 @@ from temporalio.client import WorkflowFailureError  # noqa: F401 - typed errors 
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from tests.e2e import sdk
-from tests.e2e.rig import PROXY_NAME, Pki, cli
+from tests.e2e.rig import Pki, cli, mtls_channel
 from tests.e2e.workflows import GreetingWorkflow
 
 
@@ -79,15 +79,7 @@ async def test_already_started_reaches_the_sdk_as_its_typed_exception(
     assert caught.value.workflow_id == wf_id
 
 
-def _grpc_channel(pki: Pki, address: str, cert: str | None) -> grpc.Channel:
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=pki.read("ca.pem"),
-        private_key=pki.read(f"{cert}.key") if cert else None,
-        certificate_chain=pki.read(f"{cert}.pem") if cert else None,
-    )
-    return grpc.secure_channel(
-        address, creds, options=[("grpc.ssl_target_name_override", PROXY_NAME)]
-    )
+_grpc_channel = mtls_channel
 
 
 GET_SYSTEM_INFO = "/temporal.api.workflowservice.v1.WorkflowService/GetSystemInfo"
