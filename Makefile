@@ -43,7 +43,9 @@ e2e: $(STAMP)
 protos: $(STAMP)
 	$(BIN)/python protos/generate.py
 
+## make bench: direct vs this proxy (full, noop, 2 workers) vs nginx vs a bare grpc.aio relay
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py
 
 clean:
