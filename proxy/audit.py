@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from proxy.config import AuditConfig
 from proxy.errors import MalformedRequestError
 from proxy.model import Access, Claims, MethodInfo, PeerIdentity
-from proxy.protowalk import last_len_field
+from proxy.protowalk import iter_fields
 from proxy.wire import extract_namespace
 
 # Where the workflow id sits in a request: (field,) for a top-level `workflow_id`, or
@@ -63,11 +63,18 @@ def workflow_id(method: MethodInfo, request: bytes) -> str:
     if path is None:
         return ""
     try:
-        data: bytes | None = request
+        data = request
         for field_number in path[:-1]:
-            data = last_len_field(data, field_number) if data is not None else None
-        if data is None:
-            return ""
+            # Repeated occurrences of a singular sub-message merge (protobuf semantics), so
+            # concatenating them yields what Temporal will act on.
+            parts = [
+                data[start:end]
+                for number, wire, _, start, end in iter_fields(data)
+                if number == field_number and wire == 2
+            ]
+            if not parts:
+                return ""
+            data = b"".join(parts)
         return extract_namespace(data, path[-1])  # the same "last string field" rule
     except (MalformedRequestError, ValueError):
         return ""

@@ -592,8 +592,12 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("admin.tls", "needs both certFile and keyFile")
     if cfg.audit.enabled and cfg.audit.sink == "file" and not cfg.audit.path:
         raise ConfigError("audit.path", "is required when audit.sink is file")
-    if cfg.rate_limits.max_buckets < 1:
-        raise ConfigError("rateLimits.maxBuckets", "must be at least 1")
+    if cfg.rate_limits.max_buckets < 3:
+        # One call may touch three buckets; fewer would evict its own buckets.
+        raise ConfigError("rateLimits.maxBuckets", "must be at least 3")
+    if cfg.audit.enabled and cfg.audit.sink == "file" and cfg.listen.workers != 1:
+        # Several processes rotating one file lose records; one sink per process is stdout.
+        raise ConfigError("audit.sink", "file needs listen.workers: 1 (use stdout with workers)")
     if cfg.codec.enabled:
         if not cfg.codec.keys:
             raise ConfigError(

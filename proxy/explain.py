@@ -14,16 +14,17 @@ from proxy.app import build_authorizer, build_claim_mapper, build_key_provider
 from proxy.authz import required_role
 from proxy.config import Config
 from proxy.errors import ConfigError
+from proxy.keys import JwksKeyProvider
 from proxy.metrics import ProxyMetrics
 from proxy.model import Claims, MethodInfo, PeerIdentity, Role, Scope
-from proxy.pipeline import Gate, Verdict
-from proxy.tls import peer_identity
+from proxy.pipeline import Gate, Verdict, encode_len_field
+from proxy.tls import identity_from_pem
 
 _SERVICES = (
     "/temporal.api.workflowservice.v1.WorkflowService/",
     "/temporal.api.operatorservice.v1.OperatorService/",
-    "/temporal.server.api.adminservice.v1.AdminService/",
     "/grpc.health.v1.Health/",
+    "/temporal.server.api.adminservice.v1.AdminService/",
 )
 
 
@@ -113,21 +114,23 @@ def _role_name(value: int) -> str:
 
 
 def resolve_method(name: str) -> MethodInfo:
-    candidates = [name] if name.startswith("/") else [p + name for p in _SERVICES]
-    for full in candidates:
-        info = methods.lookup(full)
+    if name.startswith("/"):
+        info = methods.lookup(name)
         if info is not None:
             return info
+    else:
+        for prefix in _SERVICES:
+            info = methods.lookup(prefix + name)
+            # AdminService answers every name (short name "unknown"): only real rows count.
+            if info is not None and info.short_name == name:
+                return info
     raise ConfigError("--method", f"unknown method {name!r}")
 
 
 def _request_for(info: MethodInfo, namespace: str) -> bytes:
     if info.namespace_field is None or not namespace:
         return b""
-    raw = namespace.encode()
-    if len(raw) > 127:
-        raise ConfigError("--namespace", "is longer than 127 bytes")
-    return bytes([info.namespace_field << 3 | 2, len(raw)]) + raw
+    return encode_len_field(info.namespace_field, namespace.encode())
 
 
 def _rule(info: MethodInfo, verdict: Verdict, required: int | None) -> str:
@@ -166,7 +169,12 @@ async def explain(
         failures = [
             e.get("error", "") for e in capture.events if e["event"] == "jwks_refresh_failed"
         ]
-        raise ConfigError("authorization.jwtKeyProvider.keySourceURIs", "; ".join(failures))
+        path = (
+            "authorization.jwtKeyProvider.keySourceURIs"
+            if isinstance(keys, JwksKeyProvider)
+            else "authorization.idp.issuers"
+        )
+        raise ConfigError(path, "no key source could be loaded: " + "; ".join(failures))
     mapper = build_claim_mapper(cfg, keys, capture)
     gate = Gate(
         claim_mapper=mapper,
@@ -174,13 +182,14 @@ async def explain(
         metrics=ProxyMetrics(CollectorRegistry(), method_names=()),
         logger=capture,
         audience=cfg.authorization.audience,
-        peer_always_verified=cert_pem is not None,
+        # Under requireClientAuth every real caller has a verified certificate.
+        peer_always_verified=cert_pem is not None or cfg.tls.frontend.server.require_client_auth,
         mode="enforce",
         filter_list_namespaces=cfg.authorization.filter_list_namespaces,
     )
     peer: PeerIdentity | None = None
     if cert_pem is not None:
-        peer = peer_identity({"x509_pem_cert": [cert_pem]})
+        peer = identity_from_pem(cert_pem)
         if peer is None:
             raise ConfigError("--cert", "is not a PEM certificate")
     header = token if not token or " " in token else f"Bearer {token}"

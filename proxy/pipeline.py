@@ -46,7 +46,7 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _len_field(number: int, payload: bytes) -> bytes:
+def encode_len_field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
@@ -56,15 +56,15 @@ def denial_status_bytes(reason: str = "") -> bytes:
     Encoded by hand: the runtime needs neither googleapis-common-protos nor temporalio, and the
     bytes are built once at startup.
     """
-    failure = _len_field(1, reason.encode()) if reason else b""
-    any_msg = _len_field(1, PERMISSION_DENIED_TYPE_URL.encode()) + (
-        _len_field(2, failure) if failure else b""
+    failure = encode_len_field(1, reason.encode()) if reason else b""
+    any_msg = encode_len_field(1, PERMISSION_DENIED_TYPE_URL.encode()) + (
+        encode_len_field(2, failure) if failure else b""
     )
     return (
         _varint(1 << 3 | 0)
         + _varint(PERMISSION_DENIED_CODE)
-        + _len_field(2, DENIED_MESSAGE.encode())
-        + _len_field(3, any_msg)
+        + encode_len_field(2, DENIED_MESSAGE.encode())
+        + encode_len_field(3, any_msg)
     )
 
 

@@ -773,7 +773,7 @@ def _spiffe_id(uris: Sequence[str]) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _identity_from_pem(pem: bytes) -> PeerIdentity | None:
+def identity_from_pem(pem: bytes) -> PeerIdentity | None:
     # Memoized by the PEM bytes: a connection presents the same certificate on every call.
     # A pure function of its argument, so this cache is safe to share process-wide.
     try:
@@ -818,7 +818,7 @@ def peer_identity(auth_context: Mapping[str, Sequence[bytes]]) -> PeerIdentity |
     pems = auth_context.get("x509_pem_cert")
     if not pems:
         return None
-    identity = _identity_from_pem(pems[0])
+    identity = identity_from_pem(pems[0])
     if identity is not None:
         return identity
     # grpc accepted a certificate cryptography cannot parse: fall back to what grpc extracted.

@@ -154,11 +154,6 @@ def test_workflow_id_last_occurrence_wins_as_in_the_parser() -> None:
     assert workflow_id(method("SignalWorkflowExecution"), a + b) == "two"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: workflow_id() reads only the last workflow_execution occurrence; protobuf "
-    "merges repeated sub-messages, so a split execution hides the id from the audit log",
-)
 def test_workflow_id_follows_protobuf_merge_of_split_sub_messages() -> None:
     data = (
         SignalWorkflowExecutionRequest(

@@ -131,22 +131,12 @@ def test_resolve_method_refuses_unknown_full_names(name: str) -> None:
     assert "--method" in str(exc.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a short name no table knows falls through to AdminService (which accepts "
-    "any name), so a typo is explained as a cluster-admin call instead of exit 2",
-)
 @pytest.mark.parametrize("name", ["NoSuchMethod", "StartWorkflowExecutoin", ""])
 def test_resolve_method_refuses_unknown_short_names(name: str) -> None:
     with pytest.raises(ConfigError):
         resolve_method(name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the AdminService catch-all is tried before Health, so 'Check' resolves to "
-    "AdminService/Check (cluster admin) instead of the always-allowed Health/Check",
-)
 def test_resolve_method_short_health_check() -> None:
     assert resolve_method("Check").full_name == "/grpc.health.v1.Health/Check"
 
@@ -250,11 +240,6 @@ async def test_certificate_without_token_maps_to_empty_claims(cfg: Config, setup
     assert e.allowed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with requireClientAuth every real caller has a certificate, but explain "
-    "without --cert ignores that (peer_always_verified) and says no_credentials",
-)
 async def test_no_token_under_require_client_auth_is_explained_as_the_proxy_decides(
     cfg: Config,
 ) -> None:
@@ -264,11 +249,6 @@ async def test_no_token_under_require_client_auth_is_explained_as_the_proxy_deci
     assert e.claims is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: explain accepts a --cert that is not a certificate (peer_identity never "
-    "returns None) instead of failing with a ConfigError (exit 2)",
-)
 async def test_cert_that_is_not_a_certificate_is_an_error(cfg: Config) -> None:
     with pytest.raises(ConfigError):
         await run(cfg, "DescribeNamespace", cert_pem=b"-----BEGIN CERTIFICATE-----\nxx\n")
@@ -304,11 +284,6 @@ async def test_unreachable_key_source_is_an_error(setup: Setup) -> None:
     assert "keySourceURIs" in str(exc.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: explain encodes the namespace length as one byte, so a valid namespace name "
-    "longer than 127 bytes cannot be explained",
-)
 async def test_long_namespace_names(cfg: Config, setup: Setup) -> None:
     ns = "n" * 200
     e = await run(cfg, "DescribeNamespace", ns, token=setup.token(f"{ns}:read"))

@@ -383,12 +383,6 @@ def test_explain_agrees_for_certificate_identities(
     assert table["spiffe-writer", "GetSystemInfo", ""] == "allow"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: without --cert, explain ignores requireClientAuth (peer_always_verified) and "
-    "reports no_credentials where the proxy, which always has a client certificate, decides "
-    "insufficient_role",
-)
 def test_explain_without_a_token_names_the_proxy_reason(enforcing: ProxyProcess, pki: Pki) -> None:
     body = explained(
         explain(
