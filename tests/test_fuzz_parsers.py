@@ -9,7 +9,8 @@
   never another exception.
 
 The namespace extractor is fuzzed against the real protobuf parser in tests/test_wire.py.
-Production bugs found here have a deterministic `xfail(strict=True)` regression test below.
+The config-loader crashes this fuzzing found (fixed in d418020) have deterministic regression
+tests at the end.
 """
 
 from __future__ import annotations
@@ -336,18 +337,6 @@ def test_the_fuzz_seed_config_is_valid() -> None:
     assert isinstance(parse_config(copy.deepcopy(VALID_CONFIG), ENV), Config)
 
 
-# Remove an entry once its xfail test below passes: until then the fuzzers step over it so they
-# keep hunting for new bugs instead of re-finding the known ones.
-def _known_bug(exc: BaseException) -> bool:
-    text = str(exc)
-    return (
-        # load_config: a file that is not UTF-8; deeply nested YAML
-        isinstance(exc, UnicodeDecodeError | RecursionError)
-        or (isinstance(exc, ValueError) and "Exceeds the limit" in text)  # >4300-digit ints
-        or (isinstance(exc, ValueError) and "invalid literal for int()" in text)  # "host:²"
-    )
-
-
 def _load_bytes(tmp_path: Path, data: bytes) -> Config | None:
     path = tmp_path / "fuzz.yaml"
     path.write_bytes(data)
@@ -356,10 +345,6 @@ def _load_bytes(tmp_path: Path, data: bytes) -> Config | None:
     except ConfigError as exc:
         assert str(exc)
         return None
-    except Exception as exc:
-        if _known_bug(exc):
-            return None
-        raise
 
 
 YAML_SNIPPETS = st.sampled_from(
@@ -455,9 +440,6 @@ def test_mutated_config_trees_give_a_config_or_a_config_error(tree: Any) -> None
         parse_config(tree, ENV)
     except ConfigError as exc:
         assert str(exc)
-    except Exception as exc:
-        if not _known_bug(exc):
-            raise
 
 
 @FUZZ
@@ -470,10 +452,9 @@ def test_mutated_config_trees_survive_a_yaml_round_trip(tmp_path: Path, tree: An
     _load_bytes(tmp_path, data)
 
 
-# --------------------------------------------------------------------- bugs found (xfail)
+# --------------------------------------------------------------------- regressions (found here)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: load_config lets UnicodeDecodeError escape")
 def test_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes(b"upstream:\n  address: caf\xe9:7233\n")
@@ -481,7 +462,6 @@ def test_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
         load_config(path, ENV)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: load_config lets RecursionError escape (deep YAML)")
 def test_deeply_nested_yaml_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "deep.yaml"
     path.write_text("listen: " + "[" * 5000 + "]" * 5000 + "\n")
@@ -489,7 +469,6 @@ def test_deeply_nested_yaml_is_a_config_error(tmp_path: Path) -> None:
         load_config(path, ENV)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: PyYAML's int() ValueError escapes load_config")
 def test_yaml_integer_over_4300_digits_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "big.yaml"
     path.write_text("listen:\n  workers: " + "9" * 5000 + "\n")
@@ -497,7 +476,6 @@ def test_yaml_integer_over_4300_digits_is_a_config_error(tmp_path: Path) -> None
         load_config(path, ENV)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _Parser.value int() ValueError on a huge string")
 def test_integer_string_over_4300_digits_is_a_config_error() -> None:
     raw = copy.deepcopy(VALID_CONFIG)
     raw["listen"]["workers"] = "9" * 5000
@@ -505,7 +483,6 @@ def test_integer_string_over_4300_digits_is_a_config_error() -> None:
         parse_config(raw, ENV)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _check_address: str.isdigit() accepts '²'")
 @pytest.mark.parametrize("port", ["²", "9" * 5000])
 def test_address_with_a_non_ascii_or_huge_port_is_a_config_error(port: str) -> None:
     raw = copy.deepcopy(VALID_CONFIG)
@@ -514,10 +491,6 @@ def test_address_with_a_non_ascii_or_huge_port_is_a_config_error(port: str) -> N
         parse_config(raw, ENV)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: sizes over 2**31-1 pass check-config, then grpc raises OverflowError in serve",
-)
 @pytest.mark.parametrize("key", ["maxMessageSize", "maxHeaderListSize"])
 def test_sizes_grpc_cannot_take_are_a_config_error(key: str) -> None:
     raw = copy.deepcopy(VALID_CONFIG)
