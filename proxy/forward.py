@@ -243,7 +243,12 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc h
                     response = filter_namespaces(response, readable_by(verdict.claims))
                 return response
             except asyncio.CancelledError:
-                code = "CANCELLED"
+                # grpc cancels the handler both when the caller gives up and when its
+                # deadline passes; the caller sees DEADLINE_EXCEEDED in the second case.
+                remaining = context.time_remaining()
+                code = (
+                    "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+                )
                 raise
             finally:
                 inflight.dec()

@@ -383,11 +383,6 @@ def test_worker_killed_under_load(start_proxy, pki: Pki, echo, tmp_path: Path) -
     assert proxy.terminate() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: forward.py counts a call whose deadline expired as code=CANCELLED "
-    "while the client gets DEADLINE_EXCEEDED",
-)
 def test_deadline_expiry_is_counted_as_deadline_exceeded(start_proxy, pki: Pki, echo) -> None:
     proxy = start_proxy(internode=False, upstream_port=echo.port)
     with channel(pki, proxy.address) as ch:
