@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -312,6 +312,18 @@ def _fetch_blocking(uri: str, timeout: float) -> bytes:
         raise KeySourceError(f"HTTP status {exc.code}") from exc
 
 
+async def _refresh_loop(
+    refresh: Callable[[], Awaitable[bool]], interval: float, *, load_first: bool
+) -> None:
+    if load_first:
+        await refresh()
+    if interval <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        await refresh()
+
+
 class JwksKeyProvider:
     """KeyProvider backed by JWKS URIs, refreshed in the background (also a BackgroundTask)."""
 
@@ -414,13 +426,7 @@ class JwksKeyProvider:
 
     async def run(self) -> None:
         """Load now unless already attempted, then refresh every interval (0 = never)."""
-        if not self._attempted:
-            await self.refresh()
-        if self._refresh_interval <= 0:
-            return
-        while True:
-            await asyncio.sleep(self._refresh_interval)
-            await self.refresh()
+        await _refresh_loop(self.refresh, self._refresh_interval, load_first=not self._attempted)
 
 
 def _describe(exc: BaseException) -> str:
@@ -775,15 +781,10 @@ class IssuerKeys:
 
     async def run(self) -> None:
         """Load unless already attempted, then refresh every interval (0 = never)."""
-        if not self.remote:
-            return
-        if not self._attempted:
-            await self.refresh()
-        if self._refresh_interval <= 0:
-            return
-        while True:
-            await asyncio.sleep(self._refresh_interval)
-            await self.refresh()
+        if self.remote:
+            await _refresh_loop(
+                self.refresh, self._refresh_interval, load_first=not self._attempted
+            )
 
 
 class IdpKeys:
