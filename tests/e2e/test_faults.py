@@ -324,19 +324,23 @@ def test_worker_killed_under_load(start_proxy, pki: Pki, echo, tmp_path: Path) -
     lock = threading.Lock()
 
     def traffic() -> None:
-        with channel(pki, proxy.address) as ch:  # one connection, one call at a time
-            for _ in range(5000):
-                if stop.is_set():
-                    return
-                try:
-                    ch.unary_unary(GET_SYSTEM_INFO)(
-                        b"", timeout=10, metadata=(("x-echo-sleep", "0.02"),)
-                    )
-                    with lock:
-                        ok_times.append(time.monotonic())
-                except grpc.RpcError as exc:
-                    with lock:
-                        failures.append((time.monotonic(), exc.code().name))
+        # One connection, one call at a time. A client whose connection dies reconnects, as
+        # SDKs do (a dead channel would otherwise fail every call during its backoff).
+        calls = 0
+        while calls < 5000 and not stop.is_set():
+            with channel(pki, proxy.address) as ch:
+                while calls < 5000 and not stop.is_set():
+                    calls += 1
+                    try:
+                        ch.unary_unary(GET_SYSTEM_INFO)(
+                            b"", timeout=10, metadata=(("x-echo-sleep", "0.02"),)
+                        )
+                        with lock:
+                            ok_times.append(time.monotonic())
+                    except grpc.RpcError as exc:
+                        with lock:
+                            failures.append((time.monotonic(), exc.code().name))
+                        break
 
     threads = [threading.Thread(target=traffic) for _ in range(clients)]
     for t in threads:
@@ -370,8 +374,9 @@ def test_worker_killed_under_load(start_proxy, pki: Pki, echo, tmp_path: Path) -
     )
     assert before and after
     assert right_after, "the surviving worker did not serve while the other was down"
-    # Lost: at most the calls in flight on the killed worker, one per client connection.
-    assert len(failures) <= clients, failures
+    # Lost: at most the calls in flight on the killed worker, one per client connection (and
+    # one more per client whose reconnect raced the kill).
+    assert len(failures) <= 2 * clients, failures
     assert all(code == "UNAVAILABLE" for _, code in failures), failures
     assert all(t < killed_at + 2 for t, _ in failures), failures
     # Both workers serve again: each has its own upstream connection.
