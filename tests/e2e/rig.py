@@ -237,6 +237,7 @@ class TLSTerminator:
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
+        self.client_serials: list[int] = []  # the proxy's internode certificate, per connection
         self.start()
 
     def start(self) -> None:
@@ -268,6 +269,12 @@ class TLSTerminator:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.add(writer)
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der:
+            from cryptography import x509
+
+            self.client_serials.append(x509.load_der_x509_certificate(der).serial_number)
         try:
             up_r, up_w = await asyncio.wait_for(
                 asyncio.open_connection(LOOPBACK, self.target_port), 5

@@ -20,6 +20,7 @@ from tests.e2e.rig import (
     LOOPBACK,
     PROXY_NAME,
     Pki,
+    TLSTerminator,
     jwt_authorization,
     mtls_channel,
     sample,
@@ -374,3 +375,60 @@ def test_two_workers_share_the_port_and_metrics_add_up(
         with channel(pki, proxy.address) as ch:
             ch.unary_unary(GET_SYSTEM_INFO)(b"", timeout=5)
     assert proxy.terminate() == 0
+
+
+def test_internode_certificate_rotation_rebuilds_the_upstream_channel(
+    start_proxy, pki: Pki, temporal, tmp_path: Path
+) -> None:
+    term = TLSTerminator(pki, temporal.port)
+    try:
+        first = pki.ca.issue("temporal-auth-proxy", client=True)
+        mount = SecretMount(
+            tmp_path / "internode", {"tls.crt": first.cert_pem, "tls.key": first.key_pem}
+        )
+        proxy = start_proxy(
+            {
+                "tls": {
+                    "internode": {
+                        "server": {
+                            "certFile": mount.path("tls.crt"),
+                            "keyFile": mount.path("tls.key"),
+                        }
+                    },
+                    "refreshInterval": "200ms",
+                }
+            },
+            upstream_port=term.port,
+        )
+        with channel(pki, proxy.address) as ch:
+            ch.unary_unary(GET_SYSTEM_INFO)(b"", timeout=5)
+            assert term.client_serials and set(term.client_serials) == {first.serial}
+            second = pki.ca.issue("temporal-auth-proxy", client=True)
+            mount.update({"tls.crt": second.cert_pem, "tls.key": second.key_pem})
+            wait_until(
+                lambda: "tls_reloaded" in [e["event"] for e in proxy.events()],
+                10,
+                what="the internode reload",
+            )
+            # The next calls go over a new upstream connection that presents the new certificate.
+            wait_until(
+                lambda: (
+                    ch.unary_unary(GET_SYSTEM_INFO)(b"", timeout=5)
+                    and second.serial in term.client_serials
+                ),
+                10,
+                what="an upstream connection with the new certificate",
+            )
+            for _ in range(5):
+                ch.unary_unary(GET_SYSTEM_INFO)(b"", timeout=5)
+        text = proxy.metrics()
+        assert sample(text, "temporal_auth_proxy_tls_reload_total", result="success") >= 1
+        expiry = second.certificate.not_valid_after_utc.timestamp()
+        assert (
+            sample(
+                text, "temporal_auth_proxy_certificate_expiry_timestamp_seconds", cert="internode"
+            )
+            == expiry
+        )
+    finally:
+        term.stop()
