@@ -26,7 +26,7 @@ from proxy.codec import PayloadCodec
 from proxy.codec_http import codec_requires_authorization, codec_routes
 from proxy.config import IDENTITY_MAPPERS, Config, identity_members
 from proxy.errors import ConfigError
-from proxy.forward import ForwardingHandler, UpstreamPool, channel_options
+from proxy.forward import ForwardingHandler, UpstreamPool, channel_options, close_channels
 from proxy.interfaces import Authorizer, ClaimMapper
 from proxy.keys import IdpKeys, JwksKeyProvider
 from proxy.metrics import ProxyMetrics, multiprocess_dir
@@ -133,6 +133,7 @@ class App:
     listening: bool = False
     draining: bool = False
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: asyncio.TaskGroup | None = None
 
     def channel_factory(self, material: ClientMaterial | None) -> Callable[[], grpc.aio.Channel]:
         return make_channel_factory(self.cfg, material)
@@ -166,7 +167,13 @@ class App:
         if self.reloader.generation != generation:
             # grpcio channel credentials cannot be swapped: rebuild the upstream channels.
             factory = self.channel_factory(self.reloader.internode_material)
-            await self.pool.swap(factory, grace=self.cfg.listen.shutdown_grace_period)
+            old = self.pool.swap(factory)
+            closing = close_channels(old, self.cfg.listen.shutdown_grace_period)
+            if self._tasks is not None:
+                # In the background: the reload loop must not wait for in-flight calls.
+                self._tasks.create_task(closing, name="close-old-upstream")
+            else:
+                await closing
 
     async def _reload_loop(self) -> None:
         interval = self.cfg.tls.refresh_interval
@@ -213,6 +220,7 @@ class App:
         runner: web.AppRunner | None = None
         try:
             async with asyncio.TaskGroup() as tg:
+                self._tasks = tg
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(
                         signal.SIGHUP, lambda: tg.create_task(self.reload_tls(), name="sighup")

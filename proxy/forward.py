@@ -98,16 +98,21 @@ class UpstreamPool:
     def channel(self) -> grpc.aio.Channel:
         return self._channels[0]
 
-    async def swap(self, factory: Callable[[], grpc.aio.Channel], grace: float) -> None:
+    def swap(self, factory: Callable[[], grpc.aio.Channel]) -> list[grpc.aio.Channel]:
+        """New calls go to fresh channels; returns the old ones for `close_channels`."""
         old = self._channels
         self._factory = factory
         self._channels = [factory() for _ in range(self._size)]
         self._callables = [{} for _ in range(self._size)]
-        # Calls already on the old channels may finish within the grace period.
-        await asyncio.gather(*(ch.close(grace) for ch in old), return_exceptions=True)
+        return old
 
     async def close(self, grace: float | None = None) -> None:
         await asyncio.gather(*(ch.close(grace) for ch in self._channels), return_exceptions=True)
+
+
+async def close_channels(channels: list[grpc.aio.Channel], grace: float) -> None:
+    """Calls already on `channels` may finish within `grace`; then they are cancelled."""
+    await asyncio.gather(*(ch.close(grace) for ch in channels), return_exceptions=True)
 
 
 class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no stubs
