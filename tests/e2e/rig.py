@@ -189,7 +189,11 @@ class TemporalDevServer:
         self.proc = subprocess.Popen(
             args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        wait_until(self._healthy, 60, 0.2, "the Temporal dev server")
+        try:
+            wait_until(self._healthy, 60, 0.2, "the Temporal dev server")
+        except BaseException:
+            self.stop()
+            raise
 
     def _healthy(self) -> bool:
         if self.proc.poll() is not None:
@@ -413,7 +417,11 @@ class ProxyProcess:
             start_new_session=True,
         )
         self.address = f"{LOOPBACK}:{self.port}"
-        wait_until(self.healthy if not wait_ready else self.ready, 30, 0.1, "the proxy")
+        try:
+            wait_until(self.healthy if not wait_ready else self.ready, 30, 0.1, "the proxy")
+        except BaseException:
+            self.stop()  # never leave a proxy running behind a failed start
+            raise
 
     def _get(self, path: str) -> tuple[int, bytes]:
         if self.proc.poll() is not None:
