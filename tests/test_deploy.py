@@ -11,7 +11,6 @@ certificates and a JWKS file and fed to `temporal-auth-proxy check-config`.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import re
 import shutil
@@ -25,11 +24,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from jwt.algorithms import RSAAlgorithm
+
+from proxy.devpki import CertificateAuthority, generate_key, jwk_from_public_key
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -938,101 +934,28 @@ def test_dashboard_variables_use_only_exported_metrics() -> None:
 # (5) the gateway/sidecar ConfigMap, rendered with real files, passes check-config
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _cert(
-    cn: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool = False,
-    sans: tuple[str, ...] = (),
-    usage: x509.ObjectIdentifier | None = None,
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer[0].subject if issuer else _name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=90))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    if issuer:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key()),
-            critical=False,
-        )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    if sans:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(s) for s in sans]), critical=False
-        )
-    if usage:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-
-
-def _pem(obj: x509.Certificate | ec.EllipticCurvePrivateKey) -> bytes:
-    if isinstance(obj, x509.Certificate):
-        return obj.public_bytes(serialization.Encoding.PEM)
-    return obj.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 def make_secret_files(root: Path) -> dict[str, bytes]:
     """Write what the Secrets would project under /etc/temporal-auth-proxy/tls; return it."""
-
-    def ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        return _cert(cn, key, None, ca=True), key
-
-    frontend_ca, client_ca, internode_ca = ca("frontend CA"), ca("client CA"), ca("internode CA")
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server = _cert(
+    frontend_ca = CertificateAuthority.create("frontend CA")
+    client_ca = CertificateAuthority.create("client CA")
+    internode_ca = CertificateAuthority.create("internode CA")
+    server = frontend_ca.issue(
         "temporal-auth-proxy",
-        server_key,
-        frontend_ca,
-        sans=("temporal-auth-proxy", "temporal-auth-proxy.temporal.svc.cluster.local"),
-        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        dns_names=("temporal-auth-proxy", "temporal-auth-proxy.temporal.svc.cluster.local"),
+        server=True,
     )
-    internode_key = ec.generate_private_key(ec.SECP256R1())
-    internode = _cert(
+    internode = internode_ca.issue(
         "temporal-auth-proxy",
-        internode_key,
-        internode_ca,
-        sans=("temporal-auth-proxy.temporal.svc.cluster.local",),
-        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        dns_names=("temporal-auth-proxy.temporal.svc.cluster.local",),
+        client=True,
     )
     files = {
-        "tls/frontend/tls.crt": _pem(server) + _pem(frontend_ca[0]),
-        "tls/frontend/tls.key": _pem(server_key),
-        "tls/client-ca/ca.crt": _pem(client_ca[0]),
-        "tls/internode/tls.crt": _pem(internode),
-        "tls/internode/tls.key": _pem(internode_key),
-        "tls/internode/ca.crt": _pem(internode_ca[0]),
+        "tls/frontend/tls.crt": server.cert_pem + frontend_ca.cert_pem,
+        "tls/frontend/tls.key": server.key_pem,
+        "tls/client-ca/ca.crt": client_ca.cert_pem,
+        "tls/internode/tls.crt": internode.cert_pem,
+        "tls/internode/tls.key": internode.key_pem,
+        "tls/internode/ca.crt": internode_ca.cert_pem,
     }
     for rel, data in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -1041,10 +964,10 @@ def make_secret_files(root: Path) -> dict[str, bytes]:
 
 
 def make_jwks(path: Path) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
-    jwk.update(kid="test-key-1", alg="RS256", use="sig")
-    path.write_text(json.dumps({"keys": [jwk]}))
+    key = generate_key("rsa")
+    path.write_text(
+        json.dumps({"keys": [jwk_from_public_key(key.public_key(), "test-key-1", "RS256")]})
+    )
 
 
 def render_config(
