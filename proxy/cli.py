@@ -45,15 +45,22 @@ async def _build_and_close(cfg: Config) -> None:
     await app.pool.close(0)
 
 
+def _builds(cfg: Config) -> bool:
+    """Everything `serve` would build, validated without listening; errors go to stderr."""
+    try:
+        asyncio.run(_build_and_close(cfg))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_CONFIG
     logmod.configure(cfg.log.format, "error")
-    try:
-        asyncio.run(_build_and_close(cfg))
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    if not _builds(cfg):
         return EXIT_CONFIG
     print(yaml.safe_dump(effective_config(cfg), sort_keys=False), end="")
     print("config ok", file=sys.stderr)
@@ -95,10 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return asyncio.run(_serve_one(cfg))
     prepare_metrics_dir()
     # Validate once in the parent so a bad config fails fast instead of crash-looping workers.
-    try:
-        asyncio.run(_build_and_close(cfg))
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    if not _builds(cfg):
         return EXIT_CONFIG
     supervisor = Supervisor(
         count=count,
