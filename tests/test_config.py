@@ -189,9 +189,14 @@ def test_proxy_rules(section: dict[str, Any], path: str) -> None:
 
 
 def test_names_are_case_insensitive_like_temporal() -> None:
+    from proxy.app import build_authorizer, build_claim_mapper
+    from proxy.authz import DefaultAuthorizer
+    from proxy.claims import NoopClaimMapper
+
     raw = minimal(authorization={"authorizer": "Default", "claimMapper": "NOOP"})
     cfg = parse_config(raw, {})
-    assert cfg.authorization.authorizer == "Default"
+    assert isinstance(build_authorizer(cfg), DefaultAuthorizer)
+    assert isinstance(build_claim_mapper(cfg, None, None), NoopClaimMapper)
 
 
 def test_effective_config_redacts_secrets_and_shows_defaults() -> None:
