@@ -298,6 +298,12 @@ def build_server(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_ping_strikes", 0),
+        # grpc-core queues calls that arrive faster than the event loop takes them and drops
+        # the excess (random early drop past 1,000, all past 3,000) as CANCELLED before any
+        # handler runs. Workers reconnecting after a restart open thousands of long polls at
+        # once, and Temporal itself would take them all: only memory should limit us.
+        ("grpc.server.max_pending_requests", 50_000),
+        ("grpc.server.max_pending_requests_hard_limit", 100_000),
     ]
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((handler,))

@@ -76,7 +76,13 @@ class EchoUpstream:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            server = grpc.aio.server()
+            # A burst through the proxy must not be dropped here, in the stand-in for Temporal.
+            server = grpc.aio.server(
+                options=[
+                    ("grpc.server.max_pending_requests", 50_000),
+                    ("grpc.server.max_pending_requests_hard_limit", 100_000),
+                ]
+            )
             server.add_generic_rpc_handlers((_Echo(),))
             server.add_insecure_port(f"{LOOPBACK}:{self.port}")
             await server.start()

@@ -6,18 +6,21 @@ the JWKS server, certificate files overwritten with garbage, a worker process ki
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import grpc
+import grpc.aio
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
@@ -39,6 +42,7 @@ from tests.pki import served_certificate
 WF = "/temporal.api.workflowservice.v1.WorkflowService/"
 GET_SYSTEM_INFO = WF + "GetSystemInfo"
 DESCRIBE_NS = WF + "DescribeNamespace"
+POLL_WORKFLOW_TASK_QUEUE = WF + "PollWorkflowTaskQueue"
 DESCRIBE_DEFAULT = DescribeNamespaceRequest(namespace="default").SerializeToString()
 REFRESH = "temporal_auth_proxy_jwks_refresh_total"
 DECISIONS = "temporal_auth_proxy_authz_decisions_total"
@@ -386,6 +390,49 @@ def test_worker_killed_under_load(start_proxy, pki: Pki, echo, tmp_path: Path) -
             peers.add(json.loads(ch.unary_unary(GET_SYSTEM_INFO)(b"", timeout=5))["peer"])
     assert len(peers) >= 2, peers
     assert proxy.terminate() == 0
+
+
+def test_a_burst_of_long_polls_is_held_not_dropped(start_proxy, pki: Pki, echo) -> None:
+    """Workers reconnecting at once open thousands of polls in a burst: every one is relayed.
+
+    grpc-core's server queues calls the event loop has not taken yet and, by default, drops
+    them past 1,000 (randomly) and 3,000 (all) as CANCELLED before any handler runs.
+    """
+    proxy = start_proxy(internode=False, upstream_port=echo.port)
+    burst, hold = 4000, "4"
+
+    async def run() -> Counter[str]:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=pki.read("ca.pem"),
+            private_key=pki.read("client.key"),
+            certificate_chain=pki.read("client.pem"),
+        )
+        options = [
+            ("grpc.ssl_target_name_override", PROXY_NAME),
+            ("grpc.use_local_subchannel_pool", 1),
+        ]
+        channels = [grpc.aio.secure_channel(proxy.address, creds, options) for _ in range(4)]
+        for ch in channels:
+            await asyncio.wait_for(ch.channel_ready(), 10)
+        polls = [ch.unary_unary(POLL_WORKFLOW_TASK_QUEUE) for ch in channels]
+
+        async def one(i: int) -> str:
+            try:
+                await polls[i % 4](b"", timeout=60, metadata=(("x-echo-sleep", hold),))
+                return "OK"
+            except grpc.aio.AioRpcError as exc:
+                return exc.code().name
+
+        try:
+            return Counter(await asyncio.gather(*(one(i) for i in range(burst))))
+        finally:
+            for ch in channels:
+                await ch.close(0)
+
+    codes = asyncio.run(run())
+    assert codes == Counter({"OK": burst}), codes
+    requests = "temporal_auth_proxy_requests_total"
+    assert metric(proxy, requests, method="PollWorkflowTaskQueue", code="OK") == burst
 
 
 def test_deadline_expiry_is_counted_as_deadline_exceeded(start_proxy, pki: Pki, echo) -> None:
