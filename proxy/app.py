@@ -276,7 +276,11 @@ class _Stopped(Exception):
 def make_channel_factory(
     cfg: Config, material: ClientMaterial | None
 ) -> Callable[[], grpc.aio.Channel]:
-    options = channel_options(cfg.listen.max_message_size, cfg.listen.max_header_list_size)
+    options = channel_options(
+        cfg.listen.max_message_size,
+        cfg.listen.max_header_list_size,
+        transparent_retries=cfg.upstream.transparent_retries,
+    )
     address = cfg.upstream.address
     if material is None:
         return lambda: grpc.aio.insecure_channel(address, options=options)

@@ -48,7 +48,9 @@ Metadata = Sequence[tuple[str, str | bytes]]
 PeerReader = Callable[[Any], PeerIdentity | None]
 
 
-def channel_options(max_message_size: int, max_header_list_size: int) -> list[tuple[str, Any]]:
+def channel_options(
+    max_message_size: int, max_header_list_size: int, *, transparent_retries: bool = True
+) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_send_message_length", max_message_size),
         ("grpc.max_receive_message_length", max_message_size),
@@ -65,6 +67,9 @@ def channel_options(max_message_size: int, max_header_list_size: int) -> list[tu
         ("grpc.initial_reconnect_backoff_ms", 250),
         ("grpc.min_reconnect_backoff_ms", 250),
         ("grpc.max_reconnect_backoff_ms", 3_000),
+        # grpc-core's retry filter, with no retry policy configured, only does transparent
+        # retries; without it each call is smaller (see UpstreamConfig.transparent_retries).
+        ("grpc.enable_retries", 1 if transparent_retries else 0),
     ]
 
 

@@ -16,6 +16,7 @@ from proxy.config import (
     parse_duration,
 )
 from proxy.errors import ConfigError
+from proxy.forward import channel_options
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
@@ -48,6 +49,7 @@ def test_defaults_match_the_design() -> None:
     assert cfg.listen.max_header_list_size == 64 * 1024
     assert cfg.listen.shutdown_grace_period == 30.0
     assert cfg.upstream.authorization == "forward"
+    assert cfg.upstream.transparent_retries is True
     assert cfg.tls.internode is None
     assert cfg.authorization.auth_header_name == "authorization"
     assert cfg.authorization.auth_extra_header_name == "authorization-extras"
@@ -167,6 +169,10 @@ def test_internode_rules() -> None:
         ({"upstream": {"address": "no-port"}}, "upstream.address"),
         ({"upstream": {"address": "h:70000"}}, "upstream.address"),
         ({"upstream": {"address": "h:1", "authorization": "drop"}}, "upstream.authorization"),
+        (
+            {"upstream": {"address": "h:1", "transparentRetries": "no"}},
+            "upstream.transparentRetries",
+        ),
         ({"listen": {"workers": -1}}, "listen.workers"),
         ({"listen": {"workers": "two"}}, "listen.workers"),
         ({"listen": {"maxMessageSize": 100}}, "listen.maxMessageSize"),
@@ -224,3 +230,16 @@ def test_load_config_errors(tmp_path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(empty, {})
     assert caught.value.path == "upstream.address"
+
+
+@pytest.mark.parametrize(("value", "enable_retries"), [(True, 1), (False, 0)])
+def test_transparent_retries_reach_the_upstream_channel(value: bool, enable_retries: int) -> None:
+    cfg = parse_config(minimal(upstream={"address": "h:1", "transparentRetries": value}), {})
+    options = dict(
+        channel_options(
+            cfg.listen.max_message_size,
+            cfg.listen.max_header_list_size,
+            transparent_retries=cfg.upstream.transparent_retries,
+        )
+    )
+    assert options["grpc.enable_retries"] == enable_retries
