@@ -222,6 +222,7 @@ def proxy_config(
     mode: str,
     workers: int = 1,
     channels: int = 1,
+    transparent_retries: bool = True,
 ) -> dict[str, Any]:
     """`default`: mTLS + JWT claim mapper + Temporal's authorizer; `noop`: mTLS only."""
     authorization: dict[str, Any] = {"authorizer": "noop", "claimMapper": "noop"}
@@ -237,7 +238,11 @@ def proxy_config(
             "workers": workers,
             "shutdownGracePeriod": "2s",
         },
-        "upstream": {"address": upstream, "channels": channels},
+        "upstream": {
+            "address": upstream,
+            "channels": channels,
+            "transparentRetries": transparent_retries,
+        },
         "admin": {"address": f"{LOOPBACK}:{admin_port}"},
         "tls": {
             "frontend": {

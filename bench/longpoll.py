@@ -151,6 +151,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             admin_port=free_port(),
             mode="default",
             channels=args.upstream_channels,
+            transparent_retries=args.transparent_retries == "on",
         )
         proxy = ProxyFront(work, "longpoll-proxy", cfg)
         idle = rss_mib(proxy.pids())
@@ -197,6 +198,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "n": args.n,
             "connections": args.connections,
             "upstream_channels": args.upstream_channels,
+            "transparent_retries": args.transparent_retries,
             "held": int(held),
             "ended_before_release": early,
             "ok": codes.get("OK", 0),
@@ -225,6 +227,9 @@ def main() -> int:
         type=int,
         default=8,
         help="proxy upstream.channels (one grpc-core connection cancels calls beyond ~2.4k)",
+    )
+    parser.add_argument(
+        "--transparent-retries", choices=("on", "off"), default="on", help="the proxy's setting"
     )
     parser.add_argument(
         "--upstream-procs", type=int, default=4, help="holding upstream processes (one port)"

@@ -6,6 +6,7 @@ Fronts (each requires a client certificate except `direct`):
   bare         bench/passthrough.py: grpc.aio generic handler, bytes in/out, no auth/metrics
   proxy-noop   this proxy, authorizer and claim mapper `noop` (mTLS only)
   proxy        this proxy, full default pipeline: mTLS, JWT, namespace extraction, authz
+  proxy-noretry  as `proxy` with `upstream.transparentRetries: false` (canned upstream only)
   proxy-w2     as `proxy` with `listen.workers: 2` (canned upstream only)
 
 Upstreams: nghttpd serving a canned gRPC answer (never the bottleneck), and the real Temporal
@@ -251,7 +252,14 @@ class Proxy:
     tls = True
 
     def __init__(
-        self, work: Path, pki: Pki, upstream: str, name: str, mode: str, workers: int = 1
+        self,
+        work: Path,
+        pki: Pki,
+        upstream: str,
+        name: str,
+        mode: str,
+        workers: int = 1,
+        transparent_retries: bool = True,
     ) -> None:
         self.name = name
         self.port = free_port()
@@ -262,6 +270,7 @@ class Proxy:
             admin_port=free_port(),
             mode=mode,
             workers=workers,
+            transparent_retries=transparent_retries,
         )
         self.front = ProxyFront(work, f"{name}-{self.port}", cfg)
 
@@ -546,9 +555,14 @@ def report(cells: list[Cell], extras: dict[str, Any], out: Path, meta: dict[str,
     lines += ["## Targets from issue 10", ""]
     lines += targets(index, extras)
     lines.append("")
-    if "longpoll" in extras:
-        lp = extras["longpoll"]
-        lines += ["## Idle long polls", ""]
+    for key, setting in (
+        ("longpoll", "default"),
+        ("longpoll_noretry", "`transparentRetries: false`"),
+    ):
+        if key not in extras:
+            continue
+        lp = extras[key]
+        lines += [f"## Idle long polls, {setting}", ""]
         if "error" in lp:
             lines.append(f"Failed: {lp['error']}")
         else:
@@ -673,7 +687,9 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=4, help="seconds per cell")
     parser.add_argument("--inflight", default="1,32,256")
     parser.add_argument(
-        "--fronts", default="direct,nginx,bare,proxy-noop,proxy,proxy-w2", help="comma list"
+        "--fronts",
+        default="direct,nginx,bare,proxy-noop,proxy,proxy-noretry,proxy-w2",
+        help="comma list",
     )
     parser.add_argument("--upstreams", default="canned,temporal")
     parser.add_argument("--longpolls", type=int, default=10_000, help="0 to skip")
@@ -721,7 +737,7 @@ def main() -> int:
             up = ups[up_name]
             meta["upstreams"].append({"name": up.name, "label": up.label})
             for front_name in front_names:
-                if front_name == "proxy-w2" and up.name != "canned":
+                if front_name in ("proxy-w2", "proxy-noretry") and up.name != "canned":
                     continue
                 front = make_front(front_name, work, pki, up)
                 try:
@@ -749,11 +765,12 @@ def main() -> int:
             proc.stop()
 
     if args.longpolls > 0:
-        remaining = 600 - 60 - (time.monotonic() - started)
-        if remaining < 90:
-            extras["longpoll"] = {"error": "skipped: not enough of the 10-minute budget left"}
-        else:
-            extras["longpoll"] = run_longpoll(args.longpolls, out, min(remaining, 240))
+        for key, retries in (("longpoll", "on"), ("longpoll_noretry", "off")):
+            remaining = 600 - 60 - (time.monotonic() - started)
+            if remaining < 90:
+                extras[key] = {"error": "skipped: not enough of the 10-minute budget left"}
+            else:
+                extras[key] = run_longpoll(args.longpolls, out, min(remaining, 240), retries)
 
     (out / "results.json").write_text(
         json.dumps({"meta": meta, "cells": [asdict(c) for c in cells], **extras}, indent=2)
@@ -776,16 +793,20 @@ def make_front(name: str, work: Path, pki: Pki, up: Upstream) -> Front:
         "bare": lambda: Bare(work, pki, up.address),
         "proxy-noop": lambda: Proxy(work, pki, up.address, name, "noop"),
         "proxy": lambda: Proxy(work, pki, up.address, name, "default"),
+        "proxy-noretry": lambda: Proxy(
+            work, pki, up.address, name, "default", transparent_retries=False
+        ),
         "proxy-w2": lambda: Proxy(work, pki, up.address, name, "default", workers=2),
     }
     return factories[name]()
 
 
-def run_longpoll(n: int, out: Path, budget: float) -> dict[str, Any]:
-    result = out / "longpoll.json"
+def run_longpoll(n: int, out: Path, budget: float, retries: str) -> dict[str, Any]:
+    result = out / f"longpoll-retries-{retries}.json"
     cmd = [
         *(PYTHON, str(HERE / "longpoll.py"), "--n", str(n), "--json", str(result)),
-        *("--workdir", str(out / "work" / "longpoll"), "--max-seconds", str(int(budget))),
+        *("--workdir", str(out / "work" / f"longpoll-{retries}")),
+        *("--max-seconds", str(int(budget)), "--transparent-retries", retries),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     try:
