@@ -225,8 +225,8 @@ def main() -> int:
     parser.add_argument(
         "--upstream-channels",
         type=int,
-        default=8,
-        help="proxy upstream.channels (one grpc-core connection cancels calls beyond ~2.4k)",
+        default=1,
+        help="proxy upstream.channels (the default, 1, holds 10,000 calls on one connection)",
     )
     parser.add_argument(
         "--transparent-retries", choices=("on", "off"), default="on", help="the proxy's setting"
