@@ -74,7 +74,14 @@ async def hold_upstream(port: int) -> None:
     # Several processes share the port: one grpc.aio server process starts cancelling held
     # calls past ~7,000 (measured without the proxy), and the stand-in for Temporal must not
     # be what limits the run.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+    # And like Temporal (grpc-go), it takes a burst without grpc-core's pending-call drops.
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.server.max_pending_requests", 50_000),
+            ("grpc.server.max_pending_requests_hard_limit", 100_000),
+        ]
+    )
     server.add_generic_rpc_handlers((Handler(),))
     server.add_insecure_port(f"{LOOPBACK}:{port}")
     await server.start()
