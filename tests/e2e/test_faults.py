@@ -48,20 +48,23 @@ REFRESH = "temporal_auth_proxy_jwks_refresh_total"
 DECISIONS = "temporal_auth_proxy_authz_decisions_total"
 
 
-def channel(pki: Pki, address: str, cert: str = "client") -> grpc.Channel:
-    creds = grpc.ssl_channel_credentials(
+def client_credentials(pki: Pki, cert: str = "client") -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
         root_certificates=pki.read("ca.pem"),
         private_key=pki.read(f"{cert}.key"),
         certificate_chain=pki.read(f"{cert}.pem"),
     )
-    return grpc.secure_channel(
-        address,
-        creds,
-        options=[
-            ("grpc.ssl_target_name_override", PROXY_NAME),
-            ("grpc.use_local_subchannel_pool", 1),
-        ],
-    )
+
+
+# One connection per channel, addressed to the proxy's certificate name.
+CHANNEL_OPTIONS = [
+    ("grpc.ssl_target_name_override", PROXY_NAME),
+    ("grpc.use_local_subchannel_pool", 1),
+]
+
+
+def channel(pki: Pki, address: str, cert: str = "client") -> grpc.Channel:
+    return grpc.secure_channel(address, client_credentials(pki, cert), options=CHANNEL_OPTIONS)
 
 
 def describe(pki: Pki, proxy: ProxyProcess, token: str) -> grpc.StatusCode:
@@ -402,16 +405,10 @@ def test_a_burst_of_long_polls_is_held_not_dropped(start_proxy, pki: Pki, echo) 
     burst, hold = 4000, "4"
 
     async def run() -> Counter[str]:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=pki.read("ca.pem"),
-            private_key=pki.read("client.key"),
-            certificate_chain=pki.read("client.pem"),
-        )
-        options = [
-            ("grpc.ssl_target_name_override", PROXY_NAME),
-            ("grpc.use_local_subchannel_pool", 1),
+        creds = client_credentials(pki)
+        channels = [
+            grpc.aio.secure_channel(proxy.address, creds, CHANNEL_OPTIONS) for _ in range(4)
         ]
-        channels = [grpc.aio.secure_channel(proxy.address, creds, options) for _ in range(4)]
         for ch in channels:
             await asyncio.wait_for(ch.channel_ready(), 10)
         polls = [ch.unary_unary(POLL_WORKFLOW_TASK_QUEUE) for ch in channels]
