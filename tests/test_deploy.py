@@ -236,6 +236,48 @@ def test_dockerfile_contract() -> None:
         assert re.search(rf"^COPY .*{re.escape(path)}", text, re.MULTILINE), path
 
 
+def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern that matches decides; `!` re-includes; `**` spans dirs."""
+    excluded = False
+    for raw in patterns:
+        negate = raw.startswith("!")
+        pattern = raw.removeprefix("!").rstrip("/")
+        regex = re.escape(pattern).replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
+        # A pattern also matches everything below a directory it names.
+        if re.fullmatch(rf"{regex}(/.*)?", path):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerignore_keeps_only_what_the_image_copies() -> None:
+    patterns = [
+        ln.strip()
+        for ln in (REPO / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+    copied = re.findall(r"^COPY\s+(?!--from)(.+?)\s+\S+$", DOCKERFILE.read_text(), re.MULTILINE)
+    sources = [src for line in copied for src in line.split()]
+    assert sources, "the Dockerfile copies something from the context"
+    for src in sources:
+        # A copied directory must keep its modules (caches may go).
+        inside = src + "app.py" if src.endswith("/") else src
+        assert not dockerignore_excludes(inside, patterns), src
+    for secret in (
+        "certs-dev/ca.key",
+        "certs-dev/jwt-signing.key",
+        ".venv/bin/python",
+        ".git/HEAD",
+    ):
+        assert dockerignore_excludes(secret, patterns), secret
+    for noise in ("tests/test_deploy.py", "bench/run.py", "proxy/__pycache__/app.cpython-311.pyc"):
+        assert dockerignore_excludes(noise, patterns), noise
+
+
+def test_dockerignore_check_can_fail() -> None:
+    assert not dockerignore_excludes("certs-dev/ca.key", ["**", "!certs-dev/"])
+    assert dockerignore_excludes("proxy/app.py", ["**", "!pyproject.toml"])
+
+
 # --------------------------------------------------------------------------------------------
 # (2) Kubernetes manifests: kubernetes-validate for built-in kinds, our schemas for CRDs
 
