@@ -23,7 +23,7 @@ from proxy.config import (
     ServerTLSConfig,
     TLSConfig,
 )
-from proxy.devpki import SPIFFE_DEV_CLIENT, CertificateAuthority, IssuedCert
+from proxy.dev.pki import SPIFFE_DEV_CLIENT, CertificateAuthority, IssuedCert
 from proxy.errors import ConfigError
 from proxy.tls import (
     FrontendCredentials,
