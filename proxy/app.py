@@ -33,7 +33,7 @@ from proxy.metrics import ProxyMetrics, multiprocess_dir
 from proxy.pipeline import Gate
 from proxy.plugins import load_plugin
 from proxy.ratelimit import RateLimiter
-from proxy.tls import (
+from proxy.tls.material import (
     ClientMaterial,
     FrontendCredentials,
     TLSReloader,

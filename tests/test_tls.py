@@ -25,7 +25,7 @@ from proxy.config import (
 )
 from proxy.dev.pki import SPIFFE_DEV_CLIENT, CertificateAuthority, IssuedCert
 from proxy.errors import ConfigError
-from proxy.tls import (
+from proxy.tls.material import (
     FrontendCredentials,
     TLSMaterials,
     TLSReloader,

@@ -1,0 +1,1 @@
+"""TLS for both legs: material, grpc credentials, reload, expiry checks, peer identity."""
