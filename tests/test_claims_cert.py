@@ -17,7 +17,7 @@ from proxy.config import parse_config
 from proxy.dev.pki import CertificateAuthority
 from proxy.errors import ConfigError, CredentialError
 from proxy.model import AuthInfo, CallTarget, PeerIdentity, Reason, Role
-from proxy.tls.material import peer_identity
+from proxy.tls.peer import peer_identity
 
 WF = "/temporal.api.workflowservice.v1.WorkflowService/"
 OP = "/temporal.api.operatorservice.v1.OperatorService/"

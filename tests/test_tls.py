@@ -25,18 +25,16 @@ from proxy.config import (
 )
 from proxy.dev.pki import SPIFFE_DEV_CLIENT, CertificateAuthority, IssuedCert
 from proxy.errors import ConfigError
+from proxy.tls.credentials import FrontendCredentials, channel_credentials
+from proxy.tls.expiry import expiring_certificates, expiry_timestamps
 from proxy.tls.material import (
-    FrontendCredentials,
     TLSMaterials,
-    TLSReloader,
-    channel_credentials,
-    expiring_certificates,
-    expiry_timestamps,
     load_client_material,
     load_server_material,
     load_tls_materials,
-    peer_identity,
 )
+from proxy.tls.peer import peer_identity
+from proxy.tls.reload import TLSReloader
 
 try:  # the helper sits next to this file; import it whichever way pytest set up sys.path
     from tests.pki import SecretMount, served_certificate
