@@ -215,16 +215,6 @@ class TLSReloader:
             )
         return findings
 
-    async def run(self) -> None:
-        """Reload every `refreshInterval` until cancelled (0: return at once, like Temporal)."""
-        interval = self._cfg.refresh_interval
-        if interval <= 0:
-            return
-        while True:
-            await asyncio.sleep(interval)
-            # File reads and parsing stay off the event loop.
-            await asyncio.to_thread(self.reload)
-
     async def run_expiration_checks(self) -> None:
         """Check every `expirationChecks.checkInterval` (0: disabled), first check at once."""
         checks = self._cfg.expiration_checks
