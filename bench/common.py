@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from proxy.devpki import (
+from proxy.dev.pki import (
     CertificateAuthority,
     generate_key,
     jwk_from_public_key,

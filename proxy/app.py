@@ -33,14 +33,10 @@ from proxy.metrics import ProxyMetrics, multiprocess_dir
 from proxy.pipeline import Gate
 from proxy.plugins import load_plugin
 from proxy.ratelimit import RateLimiter
-from proxy.tls import (
-    ClientMaterial,
-    FrontendCredentials,
-    TLSReloader,
-    channel_credentials,
-    load_tls_materials,
-    peer_identity,
-)
+from proxy.tls.credentials import FrontendCredentials, channel_credentials
+from proxy.tls.material import ClientMaterial, load_tls_materials
+from proxy.tls.peer import peer_identity
+from proxy.tls.reload import TLSReloader
 
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 # HealthCheckRequest{service: "temporal.api.workflowservice.v1.WorkflowService"}, as the CLI asks.

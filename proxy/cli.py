@@ -115,7 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_certs_dev(args: argparse.Namespace) -> int:
-    from proxy.devpki import ensure_dev_bundle, write_dev_bundle
+    from proxy.dev.pki import ensure_dev_bundle, write_dev_bundle
 
     out = Path(args.out)
     bundle = write_dev_bundle(out) if args.force else ensure_dev_bundle(out)
@@ -141,7 +141,7 @@ def _permissions(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_dev_token(args: argparse.Namespace) -> int:
-    from proxy.devpki import DevBundle, mint_token
+    from proxy.dev.pki import DevBundle, mint_token
 
     bundle = DevBundle.at(Path(args.certs))
     key_path = Path(args.key) if args.key else bundle.jwt_key

@@ -18,7 +18,7 @@ from proxy.keys import JwksKeyProvider
 from proxy.metrics import ProxyMetrics
 from proxy.model import Claims, MethodInfo, PeerIdentity, Role, Scope
 from proxy.pipeline import Gate, Verdict, encode_len_field
-from proxy.tls import identity_from_pem
+from proxy.tls.peer import identity_from_pem
 
 _SERVICES = (
     "/temporal.api.workflowservice.v1.WorkflowService/",

@@ -1,4 +1,4 @@
-"""Test helpers around proxy.devpki: Kubernetes-style secret mounts and a raw TLS probe."""
+"""Test helpers around proxy.dev.pki: Kubernetes-style secret mounts and a raw TLS probe."""
 
 from __future__ import annotations
 

@@ -14,10 +14,10 @@ from proxy.authz import DefaultAuthorizer
 from proxy.claims.cert import CertificateClaimMapper, CertificateRule
 from proxy.claims.patterns import Glob, Grant, PatternError
 from proxy.config import parse_config
-from proxy.devpki import CertificateAuthority
+from proxy.dev.pki import CertificateAuthority
 from proxy.errors import ConfigError, CredentialError
 from proxy.model import AuthInfo, CallTarget, PeerIdentity, Reason, Role
-from proxy.tls import peer_identity
+from proxy.tls.peer import peer_identity
 
 WF = "/temporal.api.workflowservice.v1.WorkflowService/"
 OP = "/temporal.api.operatorservice.v1.OperatorService/"

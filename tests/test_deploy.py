@@ -25,7 +25,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from proxy.devpki import CertificateAuthority, generate_key, jwk_from_public_key
+from proxy.dev.pki import CertificateAuthority, generate_key, jwk_from_public_key
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from proxy.devpki import (
+from proxy.dev.pki import (
     SPIFFE_DEV_CLIENT,
     CertificateAuthority,
     ensure_dev_bundle,

@@ -14,7 +14,7 @@ import yaml
 
 from proxy import methods
 from proxy.config import Config, load_config
-from proxy.devpki import (
+from proxy.dev.pki import (
     CertificateAuthority,
     generate_key,
     jwk_from_public_key,

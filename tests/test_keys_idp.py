@@ -334,7 +334,7 @@ def test_parse_discovery() -> None:
 
 
 def test_load_public_key_pem_takes_keys_and_certificates() -> None:
-    from proxy.devpki import CertificateAuthority
+    from proxy.dev.pki import CertificateAuthority
 
     ca = CertificateAuthority.create("idp signing cert")
     assert load_public_key_pem(ca.cert_pem) == ca.certificate.public_key()

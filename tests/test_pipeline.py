@@ -16,7 +16,7 @@ from temporalio.api.workflowservice.v1 import (
 from proxy import methods
 from proxy.authz import DefaultAuthorizer
 from proxy.claims.jwt import DefaultJWTClaimMapper
-from proxy.devpki import generate_key, mint_token, private_key_pem
+from proxy.dev.pki import generate_key, mint_token, private_key_pem
 from proxy.keys import StaticKeyProvider
 from proxy.metrics import ProxyMetrics
 from proxy.model import (

@@ -17,26 +17,26 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from proxy.app import App, build
 from proxy.config import (
     ClientTLSConfig,
     GroupTLSConfig,
     ServerTLSConfig,
     TLSConfig,
+    parse_config,
 )
-from proxy.devpki import SPIFFE_DEV_CLIENT, CertificateAuthority, IssuedCert
+from proxy.dev.pki import SPIFFE_DEV_CLIENT, CertificateAuthority, IssuedCert
 from proxy.errors import ConfigError
-from proxy.tls import (
-    FrontendCredentials,
+from proxy.tls.credentials import FrontendCredentials, channel_credentials
+from proxy.tls.expiry import expiring_certificates, expiry_timestamps
+from proxy.tls.material import (
     TLSMaterials,
-    TLSReloader,
-    channel_credentials,
-    expiring_certificates,
-    expiry_timestamps,
     load_client_material,
     load_server_material,
     load_tls_materials,
-    peer_identity,
 )
+from proxy.tls.peer import peer_identity
+from proxy.tls.reload import TLSReloader
 
 try:  # the helper sits next to this file; import it whichever way pytest set up sys.path
     from tests.pki import SecretMount, served_certificate
@@ -651,32 +651,53 @@ def test_file_mode_does_not_matter_to_change_detection(pki: Pki) -> None:
     assert reloader.reload().changed == ()
 
 
-async def test_run_reloads_every_refresh_interval(pki: Pki) -> None:
+async def test_app_reload_loop_reloads_every_refresh_interval(pki: Pki) -> None:
+    # The App's loop is what `serve` runs (and what SIGHUP calls one step of).
     first = pki.ca.issue("temporal-auth-proxy", client=True)
     mount = SecretMount(
         pki.dir / "internode", {"tls.crt": first.cert_pem, "tls.key": first.key_pem}
     )
     group = _internode_cfg(pki, "temporal-frontend.test", mount)
-    idle = TLSReloader(TLSConfig(internode=group), load_tls_materials(TLSConfig(internode=group)))
-    await asyncio.wait_for(idle.run(), timeout=1)  # refreshInterval 0: never reload
+    idle = _app(TLSConfig(internode=group))
+    try:
+        await asyncio.wait_for(idle._reload_loop(), timeout=1)  # refreshInterval 0: never reload
+    finally:
+        await idle.pool.close(0)
 
-    cfg = TLSConfig(internode=group, refresh_interval=0.02)
-    reloads: list[bool] = []
-    reloader = TLSReloader(cfg, load_tls_materials(cfg), on_reload=reloads.append)
-    task = asyncio.create_task(reloader.run())
+    app = _app(TLSConfig(internode=group, refresh_interval=0.02))
+    first_channel = app.pool.channel
+    task = asyncio.create_task(app._reload_loop())
     try:
         second = pki.ca.issue("temporal-auth-proxy-2", client=True)
         mount.update({"tls.crt": second.cert_pem, "tls.key": second.key_pem})
         async with asyncio.timeout(5):
-            while reloader.generation == 0:
+            # The swap of the upstream channels is the last step of a reload.
+            while app.pool.channel is first_channel:
                 await asyncio.sleep(0.01)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    assert reloads == [True]
-    assert reloader.internode_material is not None
-    assert reloader.internode_material.serial == second.serial
+        await app.pool.close(0)
+    reloads = {
+        result: app.registry.get_sample_value(
+            "temporal_auth_proxy_tls_reload_total", {"result": result}
+        )
+        for result in ("success", "failure")
+    }
+    assert reloads == {"success": 1.0, "failure": 0.0}
+    assert app.reloader.generation == 1
+    assert app.reloader.internode_material is not None
+    assert app.reloader.internode_material.serial == second.serial
+
+
+def _app(tls: TLSConfig) -> App:
+    raw = {
+        "upstream": {"address": "127.0.0.1:7233"},
+        "authorization": {"claimMapper": "noop", "authorizer": "noop"},
+    }
+    cfg = dataclasses.replace(parse_config(raw, {}), tls=tls)
+    return build(cfg, logger=structlog.get_logger())
 
 
 def test_peer_identity_falls_back_to_grpc_fields() -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from proxy.devpki import (
+from proxy.dev.pki import (
     CertificateAuthority,
     IssuedCert,
     generate_key,

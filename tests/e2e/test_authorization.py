@@ -27,7 +27,7 @@ from temporalio.api.workflowservice.v1 import (
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from proxy.devpki import generate_key, mint_token, private_key_pem
+from proxy.dev.pki import generate_key, mint_token, private_key_pem
 from tests.e2e import sdk
 from tests.e2e.echo import EchoUpstream
 from tests.e2e.rig import (

@@ -25,7 +25,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 
-from proxy.devpki import generate_key, jwk_from_public_key, mint_token, private_key_pem
+from proxy.dev.pki import generate_key, jwk_from_public_key, mint_token, private_key_pem
 from tests.e2e.echo import EchoUpstream
 from tests.e2e.rig import (
     LOOPBACK,

@@ -1,0 +1,1 @@
+"""Development and test tooling (dev PKI, dev tokens); never imported by `serve`."""
