@@ -40,4 +40,4 @@ def readable_by(claims: Claims) -> Callable[[str], bool]:
 
 
 def can_list_some(claims: Claims | None) -> bool:
-    return claims is not None and any(r >= Role.READER for r in claims.namespaces.values())
+    return claims is not None and any(r >= Role.READER for ns, r in claims.namespaces.items() if ns)

@@ -132,7 +132,13 @@ class Claims:
         )
 
     def role_in(self, namespace: str) -> Role:
-        """Role for a namespace-scoped call: system role OR the namespace's own."""
+        """Role for a namespace-scoped call: system role OR the namespace's own.
+
+        No namespace is named "": a call without one (by id, by task token) needs a system role,
+        whatever a claim mapper put under the empty key.
+        """
+        if not namespace:
+            return self.system
         return self.system | self.namespaces.get(namespace, Role.UNDEFINED)
 
 
