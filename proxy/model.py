@@ -85,6 +85,10 @@ class PeerIdentity:
     dns_names: tuple[str, ...] = ()
     uris: tuple[str, ...] = ()
     spiffe_id: str = ""
+    # The subject parsed, for subject rules: RDNs in RFC 4514 order (`CN=w,O=Acme`: CN first),
+    # each a tuple of (attribute type as a dotted OID, value; None when not a string). None
+    # when only grpc's rendered string is known: then no subject rule matches.
+    subject_rdns: tuple[tuple[tuple[str, str | None], ...], ...] | None = None
     # Go's crypto/tls (so Temporal) only accepts client certificates whose extended key usage
     # allows clientAuth (or has no EKU extension); BoringSSL in grpcio does not check it.
     client_auth: bool = True

@@ -29,7 +29,12 @@ _CAPTURE_REF = re.compile(r"\{(\d+)\}")
 
 
 class PatternError(ValueError):
-    """A pattern or grant that cannot be used; the message names what is wrong."""
+    """A pattern or grant that cannot be used; the message names what is wrong, `key` the
+    config key it came from when the caller knows it."""
+
+    def __init__(self, message: str, *, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True, slots=True)
