@@ -63,8 +63,10 @@ class DefaultAuthorizer:
             return _DENY_UNKNOWN_METHOD  # even for a system admin
         cluster, required = rule
         have = int(claims.system)
-        if not cluster:
+        if not cluster and target.namespace:
             # A namespace role never helps a cluster-scope call; the system role helps everywhere.
+            # Ours: an empty namespace (by-id and task-token calls) needs a system role, even if a
+            # claim mapper plugin granted roles on "" (Temporal would use them).
             have |= int(claims.namespaces.get(target.namespace, 0))
         # Numeric, not a bit test: worker (1) alone grants nothing, reader+worker (3) reads.
         return ALLOW if have >= required else _DENY_INSUFFICIENT_ROLE

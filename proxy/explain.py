@@ -93,7 +93,8 @@ class Explanation:
             lines.append(f"subject:   {c.subject!r} ({c.auth_type or 'noop'})")
             lines.append(f"system:    {int(c.system)} ({_role_name(int(c.system))})")
             for ns, role in sorted(c.namespaces.items()):
-                lines.append(f"ns role:   {ns!r} = {int(role)} ({_role_name(int(role))})")
+                ignored = "" if ns else ", ignored: the empty namespace grants nothing"
+                lines.append(f"ns role:   {ns!r} = {int(role)} ({_role_name(int(role))}{ignored})")
         lines.append(f"decision:  {self.decision.upper()} ({self.reason})")
         lines.append(f"rule:      {self.rule}")
         lines.extend(f"detail:    {d}" for d in self.details)
@@ -148,6 +149,9 @@ def _rule(info: MethodInfo, verdict: Verdict, required: int | None) -> str:
         ns = verdict.namespace
         if info.scope is Scope.CLUSTER:
             have, how = int(claims.system), f"system role {int(claims.system)}"
+        elif not ns:
+            have = int(claims.role_in(ns))
+            how = f"no namespace (by id or task token), the system role only: {have}"
         else:
             have = int(claims.role_in(ns))
             how = (
@@ -199,6 +203,10 @@ async def explain(
         f"{e['event']}: {e.get('error') or e.get('reason', '')}"
         for e in capture.events
         if e["event"] in ("claims_failed", "authorization_error", "request_malformed")
+    ] + [
+        f"permission_ignored: {e.get('why', '')}: {e.get('permission', '')}"
+        for e in capture.events
+        if e["event"] == "permission_ignored"
     ]
     return Explanation(
         method=info.full_name,

@@ -12,7 +12,7 @@ import grpc
 import grpc.aio
 
 from proxy.audit import AuditLog, AuditRecord, workflow_id
-from proxy.listfilter import filter_namespaces, readable_by
+from proxy.listfilter import FilteredListing, ListingError, readable_by
 from proxy.metrics import ProxyMetrics
 from proxy.model import MethodInfo, PeerIdentity
 from proxy.pipeline import DENIED_MESSAGE, Gate, Verdict, auth_type_label, denial_status_bytes
@@ -43,6 +43,8 @@ _HOP_BY_HOP = frozenset(
     }
 )
 UNAVAILABLE_MESSAGE = "upstream unavailable"
+# The most one upstream page of a filtered ListNamespaces may take (also without a deadline).
+LIST_PAGE_TIMEOUT = 30.0
 
 Metadata = Sequence[tuple[str, str | bytes]]
 PeerReader = Callable[[Any], PeerIdentity | None]
@@ -220,14 +222,46 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc h
                             grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"temporal-auth-proxy: rate limit exceeded ({scope})",
                         )
+                listing: FilteredListing | None = None
+                upstream_request = request
+                if verdict.filter_namespaces and verdict.claims is not None:
+                    # The proxy pages upstream itself; see listfilter for why.
+                    try:
+                        listing = FilteredListing(request, readable_by(verdict.claims))
+                        upstream_request = listing.next_request()
+                    except ListingError as exc:
+                        code = exc.status
+                        log.warning("list_namespaces_refused", reason=exc.reason, error=exc.detail)
+                        await context.abort(getattr(grpc.StatusCode, exc.status), exc.message)
                 remaining = context.time_remaining()
+                timeout = remaining if remaining is not None and remaining < 1e9 else None
+                if listing is not None:
+                    timeout = (
+                        LIST_PAGE_TIMEOUT if timeout is None else min(timeout, LIST_PAGE_TIMEOUT)
+                    )
                 call = pool.callable_for(method)(
-                    request,
-                    metadata=outbound,
-                    timeout=remaining if remaining is not None and remaining < 1e9 else None,
+                    upstream_request, metadata=outbound, timeout=timeout
                 )
                 try:
                     response: bytes = await call
+                    while listing is not None:
+                        follow = listing.feed(response)
+                        if follow is None:
+                            response = listing.result()
+                            break
+                        remaining = context.time_remaining()
+                        call = pool.callable_for(method)(
+                            follow,
+                            metadata=outbound,
+                            timeout=LIST_PAGE_TIMEOUT
+                            if remaining is None
+                            else min(remaining, LIST_PAGE_TIMEOUT),
+                        )
+                        response = await call
+                except ListingError as exc:
+                    code = exc.status
+                    log.warning("list_namespaces_refused", reason=exc.reason, error=exc.detail)
+                    await context.abort(getattr(grpc.StatusCode, exc.status), exc.message)
                 except grpc.aio.AioRpcError as exc:
                     status = exc.code()
                     code = status.name
@@ -249,8 +283,6 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc h
                 trailing_md = await call.trailing_metadata()
                 if trailing_md:
                     context.set_trailing_metadata(tuple(trailing_md))
-                if verdict.filter_namespaces and verdict.claims is not None:
-                    response = filter_namespaces(response, readable_by(verdict.claims))
                 return response
             except asyncio.CancelledError:
                 # grpc cancels the handler both when the caller gives up and when its

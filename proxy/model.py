@@ -85,6 +85,10 @@ class PeerIdentity:
     dns_names: tuple[str, ...] = ()
     uris: tuple[str, ...] = ()
     spiffe_id: str = ""
+    # The subject parsed, for subject rules: RDNs in RFC 4514 order (`CN=w,O=Acme`: CN first),
+    # each a tuple of (attribute type as a dotted OID, value; None when not a string). None
+    # when only grpc's rendered string is known: then no subject rule matches.
+    subject_rdns: tuple[tuple[tuple[str, str | None], ...], ...] | None = None
     # Go's crypto/tls (so Temporal) only accepts client certificates whose extended key usage
     # allows clientAuth (or has no EKU extension); BoringSSL in grpcio does not check it.
     client_auth: bool = True
@@ -132,7 +136,13 @@ class Claims:
         )
 
     def role_in(self, namespace: str) -> Role:
-        """Role for a namespace-scoped call: system role OR the namespace's own."""
+        """Role for a namespace-scoped call: system role OR the namespace's own.
+
+        No namespace is named "": a call without one (by id, by task token) needs a system role,
+        whatever a claim mapper put under the empty key.
+        """
+        if not namespace:
+            return self.system
         return self.system | self.namespaces.get(namespace, Role.UNDEFINED)
 
 

@@ -10,6 +10,7 @@ from proxy.interfaces import Authorizer
 from proxy.model import Access, CallTarget, Claims, Decision, MethodInfo, Reason, Role, Scope
 
 WF = "/temporal.api.workflowservice.v1.WorkflowService/"
+OS_ = "/temporal.api.operatorservice.v1.OperatorService/"
 HEALTH = "/grpc.health.v1.Health/Check"
 SYSTEM_INFO = WF + "GetSystemInfo"
 
@@ -120,9 +121,46 @@ async def test_namespace_key_is_exact() -> None:
     assert result.reason is Reason.INSUFFICIENT_ROLE
 
 
-async def test_empty_namespace_uses_the_empty_key() -> None:
-    claims = Claims.build(namespaces={"": Role.WRITER})
-    assert (await authorizer().authorize(claims, target("NsWrite", ""))).allowed
+@pytest.mark.parametrize("access", ["Read", "Write", "Admin"])
+async def test_a_role_on_the_empty_namespace_grants_nothing(access: str) -> None:
+    # Ours (issue 14): no namespace is named "", so a call without one (by id, by task token)
+    # needs a system role, even when a claim mapper plugin put roles under the empty key.
+    claims = Claims.build(namespaces={"": Role(15), "default": Role(15)})
+    result = await authorizer().authorize(claims, target("Ns" + access, ""))
+    assert result.decision is Decision.DENY and result.reason is Reason.INSUFFICIENT_ROLE
+    assert (await authorizer().authorize(claims, target("Ns" + access, "default"))).allowed
+
+
+@pytest.mark.parametrize("value", range(16))
+async def test_an_empty_namespace_is_decided_by_the_system_role(value: int) -> None:
+    claims = Claims.build(system=Role(value), namespaces={"": Role.ADMIN})
+    for access in ("Read", "Write", "Admin"):
+        result = await authorizer().authorize(claims, target("Ns" + access, ""))
+        assert result.allowed is EXPECTED[value][access], access
+
+
+@pytest.mark.parametrize(
+    ("api", "field", "access"),
+    [
+        (OS_ + "DeleteNamespace", 2, Access.ADMIN),  # namespace_id only
+        (WF + "DescribeNamespace", 2, Access.READ),  # id only
+        (WF + "RespondWorkflowTaskCompleted", 1, Access.WRITE),  # task token, namespace ""
+        (WF + "RespondActivityTaskCompleted", 1, Access.WRITE),
+        (WF + "RecordActivityTaskHeartbeat", 1, Access.WRITE),
+    ],
+)
+async def test_by_id_and_task_token_calls_need_a_system_role(
+    api: str, field: int, access: Access
+) -> None:
+    authz = DefaultAuthorizer(methods.lookup, methods.HEALTH_CHECK_APIS)
+    info = methods.lookup(api)
+    assert info is not None and info.access is access and info.scope is Scope.NAMESPACE
+    request = bytes([field << 3 | 2, 3]) + b"abc"  # the id or the task token, no namespace
+    on_empty = Claims.build(namespaces={"": Role.ADMIN, "default": Role.ADMIN})
+    result = await authz.authorize(on_empty, CallTarget(api_name=api, request=request))
+    assert result.decision is Decision.DENY and result.reason is Reason.INSUFFICIENT_ROLE
+    system = Claims.build(system=Role.ADMIN)
+    assert (await authz.authorize(system, CallTarget(api_name=api, request=request))).allowed
 
 
 @pytest.mark.parametrize("api", [HEALTH, SYSTEM_INFO])

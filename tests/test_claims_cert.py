@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import re
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from proxy import methods
 from proxy.app import build_claim_mapper
 from proxy.authz import DefaultAuthorizer
 from proxy.claims.cert import CertificateClaimMapper, CertificateRule
+from proxy.claims.dn import SubjectPattern
 from proxy.claims.patterns import Glob, Grant, PatternError
 from proxy.config import parse_config
 from proxy.dev.pki import CertificateAuthority
@@ -323,3 +329,161 @@ async def test_the_mapper_receives_the_peer_through_the_gate() -> None:
 class _NullLog:
     def __getattr__(self, name: str) -> Any:
         return lambda *a, **k: None
+
+
+# ------------------------------------------------- subject patterns (issue 14, item 9)
+
+CN, ORG, OU = NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME, NameOID.ORGANIZATIONAL_UNIT_NAME
+UID = NameOID.USER_ID
+
+
+def named(*rdns: list[tuple[x509.ObjectIdentifier, str]]) -> PeerIdentity:
+    """A real certificate whose subject is `rdns`, given in RFC 4514 order (CN first)."""
+    name = x509.Name(
+        [
+            x509.RelativeDistinguishedName([x509.NameAttribute(oid, v) for oid, v in rdn])
+            for rdn in reversed(rdns)
+        ]
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(_ca().certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(_ca().private_key, hashes.SHA256())  # type: ignore[arg-type]  # an EC CA key
+    )
+    identity = peer_identity({"x509_pem_cert": [cert.public_bytes(serialization.Encoding.PEM)]})
+    assert identity is not None
+    return identity
+
+
+async def captured(pattern: str, identity: PeerIdentity) -> dict[str, Role]:
+    wild = SubjectPattern.compile(pattern).captures > 0
+    m = mapper(({"subject": pattern}, ["{1}:read"] if wild else ["hit:read"]))
+    return dict((await m.get_claims(AuthInfo(peer=identity))).namespaces)
+
+
+async def test_a_star_does_not_swallow_an_escaped_comma() -> None:
+    # The finding: one attribute CN="mallory,O=Acme", rendered CN=mallory\,O=Acme.
+    mallory = named([(CN, "mallory,O=Acme")])
+    assert mallory.subject == "CN=mallory\\,O=Acme"
+    assert await captured("CN=*,O=Acme", mallory) == {}
+    assert await captured("CN=*", mallory) == {"mallory,O=Acme": Role.READER}
+    alice = named([(CN, "alice")], [(ORG, "Acme")])
+    assert await captured("CN=*,O=Acme", alice) == {"alice": Role.READER}
+    # Nor across an escaped comma into a later RDN.
+    sneaky = named([(CN, "x,OU=ops")], [(ORG, "Acme")])
+    assert await captured("CN=*,OU=*,O=Acme", sneaky) == {}
+    assert await captured("CN=*,O=Acme", sneaky) == {"x,OU=ops": Role.READER}
+
+
+async def test_a_star_does_not_swallow_an_escaped_plus() -> None:
+    plus = named([(CN, "w+O=Acme")])
+    assert plus.subject == "CN=w\\+O=Acme"
+    assert await captured("CN=*+O=Acme", plus) == {}
+    assert await captured("CN=w\\+O=Acme", plus) == {"hit": Role.READER}
+    assert await captured("CN=*", plus) == {"w+O=Acme": Role.READER}
+
+
+@pytest.mark.parametrize(
+    ("value", "pattern", "expected"),
+    [
+        ("k=v", "CN=*=v", "k"),  # `=` needs no escape in a value
+        ("a\\b", "CN=a\\\\*", "b"),  # one backslash in the value, escaped in the pattern
+        ("a\\b", "CN=a*", "\\b"),  # the capture is the value, not its escaped form
+        ('say "hi"', 'CN=say \\"*\\"', "hi"),
+        ("#1 team", "CN=\\#1 *", "team"),
+        (" padded ", "CN=\\ *\\ ", "padded"),
+        ("x;y<z>", "CN=*\\;y\\<z\\>", "x"),
+        ("café", "CN=caf\\C3\\A9-*", None),
+        ("café-7", "CN=caf\\C3\\A9-*", "7"),
+        ("*", "CN=\\2A", "hit"),
+        ("*", "CN=\\*", "hit"),
+        ("x", "CN=\\2A", None),  # an escaped star is literal
+        ("x", "cn=*", "x"),  # attribute types are case-insensitive
+        ("x", "2.5.4.3=*", "x"),  # ... or numeric OIDs
+        ("X", "CN=x", None),  # values are case-sensitive
+    ],
+)
+async def test_special_characters_in_values(value: str, pattern: str, expected: str | None) -> None:
+    got = await captured(pattern, named([(CN, value)]))
+    assert got == ({} if expected is None else {expected: Role.READER})
+
+
+async def test_multi_valued_rdns_match_as_sets() -> None:
+    w = named([(CN, "w"), (UID, "42")], [(ORG, "Acme")])
+    assert await captured("UID=*+CN=w,O=Acme", w) == {"42": Role.READER}
+    assert await captured("CN=w+UID=*,O=Acme", w) == {"42": Role.READER}
+    assert await captured("CN=w,UID=42,O=Acme", w) == {}  # two RDNs is not one
+    assert await captured("CN=w,O=Acme", w) == {}  # every attribute of the RDN must match
+    assert await captured("CN=w+UID=42+OU=x,O=Acme", w) == {}
+    flat = named([(CN, "w")], [(UID, "42")], [(ORG, "Acme")])
+    assert await captured("UID=42+CN=*,O=Acme", flat) == {}
+    two = named([(OU, "a"), (OU, "b")])
+    assert await captured("OU=b+OU=*", two) == {"a": Role.READER}
+
+
+async def test_captures_follow_the_pattern_order() -> None:
+    w = named([(CN, "w-eu")], [(OU, "payments")], [(ORG, "Acme")])
+    m = mapper(({"subject": "CN=w-*,OU=*,O=Acme"}, ["{2}-{1}:write"]))
+    assert dict((await m.get_claims(AuthInfo(peer=w))).namespaces) == {"payments-eu": Role.WRITER}
+
+
+async def test_a_subject_known_only_as_grpcs_string_never_matches() -> None:
+    legacy = peer_identity(
+        {
+            "x509_pem_cert": [b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"],
+            "x509_subject": [b"CN=legacy,O=x"],
+        }
+    )
+    assert legacy is not None and legacy.subject_rdns is None
+    assert await captured("CN=legacy,O=x", legacy) == {}
+    assert await captured("CN=*,O=x", legacy) == {}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("CN", "expected type=value"),
+        ("CN=a,", "expected type=value"),
+        ("XX=a", "unknown attribute type 'XX'"),
+        ("C N=a", "bad attribute type"),
+        ("CN=#0403", "#-encoded"),
+        ("CN= a", "leading space"),
+        ("CN=a ", "trailing space"),
+        ("CN=a;b", "';' must be escaped"),
+        ('CN=a"b', "must be escaped"),
+        ("CN=a\\zz", "bad escape"),
+        ("CN=\\C3", "not UTF-8"),
+        ("CN=", "empty attribute value"),
+        ("CN=a+O=b+OU=c+L=d+ST=e+C=f+DC=g+UID=h+STREET=i", "more than 8 attributes"),
+    ],
+)
+def test_bad_subject_patterns_fail_startup_naming_the_key(pattern: str, message: str) -> None:
+    rules = [{"commonName": "ok", "grants": ["a:read"]}, {"subject": pattern, "grants": ["a:read"]}]
+    with pytest.raises(ConfigError) as caught:
+        build_claim_mapper(cfg({"claimMapper": "cert", "certificateRules": rules}), None, None)
+    assert caught.value.path == "authorization.certificateRules[1].subject"
+    assert message in str(caught.value)
+
+
+def test_a_bad_glob_names_its_key_too() -> None:
+    rules = [{"dnsName": "a***b", "grants": ["a:read"]}]
+    with pytest.raises(ConfigError) as caught:
+        build_claim_mapper(cfg({"claimMapper": "cert", "certificateRules": rules}), None, None)
+    assert caught.value.path == "authorization.certificateRules[0].dnsName"
+
+
+def test_subject_rdns_are_in_rfc4514_order() -> None:
+    w = named([(CN, "w"), (UID, "42")], [(ORG, "Acme")])
+    assert w.subject_rdns is not None
+    assert [sorted(oid for oid, _ in rdn) for rdn in w.subject_rdns] == [
+        sorted([CN.dotted_string, UID.dotted_string]),
+        [ORG.dotted_string],
+    ]
+    assert w.subject_rdns[1] == ((ORG.dotted_string, "Acme"),)

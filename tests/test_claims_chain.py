@@ -15,7 +15,7 @@ from proxy.claims.jwt import DefaultJWTClaimMapper
 from proxy.config import parse_config
 from proxy.errors import ConfigError, CredentialError
 from proxy.keys import JwksKeyProvider, StaticKeyProvider
-from proxy.model import AuthInfo, Reason, Role
+from proxy.model import AuthInfo, Claims, Reason, Role
 from tests.jwt_helpers import jwks, rs256_token, rsa_jwk, rsa_key
 from tests.test_claims_cert import TLS, peer
 
@@ -181,3 +181,16 @@ def test_cert_only_chain_needs_no_token_config() -> None:
     c = cfg({"chain": {"mode": "cert-only", "members": ["cert", "jwt"]}})
     assert build_key_provider(c, None, None) is None  # type: ignore[arg-type]
     assert isinstance(build_claim_mapper(c, None, None), ChainClaimMapper)
+
+
+class _EmptyNamespaceMember:
+    """A member (say, a plugin) that puts a role under the empty namespace."""
+
+    async def get_claims(self, auth_info: AuthInfo) -> Claims:
+        return Claims.build(subject="p", namespaces={"": Role.ADMIN, "orders": Role.READER})
+
+
+async def test_union_drops_a_members_role_on_the_empty_namespace() -> None:
+    m = ChainClaimMapper("union", cert=cert_mapper(), token=_EmptyNamespaceMember())
+    claims = await m.get_claims(AuthInfo(peer=PEER, token="Bearer x"))
+    assert dict(claims.namespaces) == {"payments": Role.READER, "orders": Role.READER}

@@ -606,3 +606,25 @@ def test_the_readme_examples_are_valid_config() -> None:
         cfg = parse_config(raw, env={})
         keys = build_key_provider(cfg, ProxyMetrics(CollectorRegistry(), method_names=()), None)
         assert build_claim_mapper(cfg, keys, None) is not None
+
+
+async def test_a_permission_on_the_empty_namespace_is_ignored() -> None:
+    # Issue 14: ":admin" (Temporal: admin on "") must not reach by-id and task-token calls.
+    policy = IssuerPolicy(
+        issuer=AUTH0,
+        audiences=frozenset({"api"}),
+        algorithms=frozenset({"EdDSA"}),
+        role_claims=(rc("groups")({"ops": ["default:read"]}),),
+        permissions_claim="perms",
+    )
+    m = mapper(policy, keys={AUTH0: [vk(ed_key())]})
+    payload = {"iss": AUTH0, "sub": "s", "aud": "api", "exp": now() + 300}
+    token = sign({**payload, "groups": ["ops"], "perms": [":admin", ":read"]}, ed_key(), "EdDSA")
+    claims = await m.get_claims(AuthInfo(token=token))
+    assert dict(claims.namespaces) == {"default": Role.READER}
+    assert claims.role_in("") == Role.UNDEFINED
+
+
+def test_a_grant_on_the_empty_namespace_fails_startup() -> None:
+    with pytest.raises(PatternError, match="empty namespace grants nothing"):
+        RoleClaim.build(path="groups", table={"ops": [":admin"]})

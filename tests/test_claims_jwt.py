@@ -438,7 +438,13 @@ PERMISSIONS: list[tuple[str, Any, Role, dict[str, Role]]] = [
     ("role-is-case-insensitive", ["temporal-system:ADMIN"], Role.ADMIN, {}),
     ("or-ed", ["default:read", "default:write"], Role.UNDEFINED, {"default": Role(6)}),
     ("unknown-word-creates-entry", ["default:owner"], Role.UNDEFINED, {"default": Role.UNDEFINED}),
-    ("empty-namespace", [":admin"], Role.UNDEFINED, {"": Role.ADMIN}),
+    # Ours (issue 14): Temporal gives admin on "", which by-id and task-token calls would use.
+    (
+        "empty-namespace-ignored",
+        [":admin", ":read", "default:read"],
+        Role.UNDEFINED,
+        {"default": Role.READER},
+    ),
     ("no-colon-skipped", ["defaultread"], Role.UNDEFINED, {}),
     (
         "no-trimming",
@@ -481,10 +487,10 @@ REGEXES: list[tuple[str, str, list[Any], dict[str, Role]]] = [
         {"ns": Role.ADMIN},
     ),
     (
-        "non-participating-group",
+        "non-participating-group-is-the-empty-namespace-ignored",
         r"^(?P<namespace>\w+)?:(?P<role>\w+)$",
-        [":admin"],
-        {"": Role.ADMIN},
+        [":admin", "ns:read"],
+        {"ns": Role.READER},
     ),
     ("ascii-word", r"^(?P<namespace>\w+):(?P<role>\w+)$", ["caf\u00e9:admin"], {}),
     ("dollar-is-end-of-text", r"^(?P<namespace>\w+):(?P<role>\w+)$", ["ns:admin\n"], {}),
@@ -535,6 +541,26 @@ def test_bad_regex_fails_construction(regex: str, message: str) -> None:
         mapper(permissions_regex=regex)
     with pytest.raises(ValueError):
         compile_permissions_regex(regex)
+
+
+def test_a_permission_on_the_empty_namespace_is_ignored_and_logged() -> None:
+    log = Recorder()
+    system, namespaces = parse_permissions([":admin", "default:read"], None, log)
+    assert (system, namespaces) == (Role.UNDEFINED, {"default": Role.READER})
+    assert log.events == [
+        (
+            "permission_ignored",
+            {"why": "ignoring permission on the empty namespace", "permission": "':admin'"},
+        )
+    ]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self.events.append((event, kw))
 
 
 def test_parse_permissions_is_reusable() -> None:

@@ -23,6 +23,7 @@ from proxy.dev.pki import (
 )
 from proxy.errors import ConfigError
 from proxy.explain import Explanation, explain, render, resolve_method
+from proxy.model import Claims, Role
 
 WS = methods.WORKFLOW_SERVICE_PREFIX
 OS = methods.OPERATOR_SERVICE_PREFIX
@@ -267,6 +268,42 @@ async def test_filter_list_namespaces_is_explained(setup: Setup) -> None:
     assert e.decision == "allow"
     worker = setup.token("default:worker")
     assert (await run(cfg, "ListNamespaces", token=worker)).decision == "deny"
+
+
+@pytest.mark.parametrize(
+    "method", ["DeleteNamespace", "DescribeNamespace", "RespondActivityTaskCompleted"]
+)
+async def test_a_permission_on_the_empty_namespace_is_shown_as_ignored(
+    cfg: Config, setup: Setup, method: str
+) -> None:
+    # Issue 14: `:admin` would be admin on "" in Temporal; by-id and task-token calls use "".
+    e = await run(cfg, method, "", token=setup.token(":admin", "default:read"))
+    assert (e.decision, e.reason) == ("deny", "insufficient_role")
+    assert e.claims is not None and dict(e.claims.namespaces) == {"default": 2}
+    assert e.rule.startswith(f"namespace-scope {e.access}: no namespace (by id or task token)")
+    assert e.rule.endswith(f"the system role only: 0 < {e.required_role}")
+    assert e.details == ["permission_ignored: ignoring permission on the empty namespace: ':admin'"]
+    assert "ignoring permission on the empty namespace" in e.as_text()
+    e = await run(cfg, method, "", token=setup.token("temporal-system:admin"))
+    assert e.allowed and e.rule.endswith(f"the system role only: 8 >= {e.required_role}")
+
+
+def test_a_plugins_role_on_the_empty_namespace_is_shown_as_ignored() -> None:
+    claims = Claims.build(subject="p", namespaces={"": Role.ADMIN, "default": Role.READER})
+    e = Explanation(
+        method=WS + "DescribeNamespace",
+        scope="namespace",
+        access="read",
+        required_role=2,
+        namespace="",
+        claims=claims,
+        decision="deny",
+        reason="insufficient_role",
+        rule="",
+    )
+    text = e.as_text()
+    assert "ns role:   '' = 8 (admin, ignored: the empty namespace grants nothing)" in text
+    assert "ns role:   'default' = 2 (reader)" in text
 
 
 async def test_noop_authorizer(setup: Setup) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from prometheus_client import CollectorRegistry
-from temporalio.api.namespace.v1 import NamespaceConfig, NamespaceInfo
+from temporalio.api.namespace.v1 import NamespaceConfig, NamespaceFilter, NamespaceInfo
 from temporalio.api.replication.v1 import NamespaceReplicationConfig
 from temporalio.api.workflowservice.v1 import (
     DescribeNamespaceResponse,
@@ -18,9 +19,14 @@ from temporalio.api.workflowservice.v1 import (
 from proxy import methods
 from proxy.authz import DefaultAuthorizer
 from proxy.listfilter import (
+    DEFAULT_PAGE_SIZE,
     LIST_NAMESPACES,
+    TOKEN_MAGIC,
+    FilteredListing,
+    ListingError,
     can_list_some,
-    filter_namespaces,
+    decode_token,
+    encode_token,
     namespace_name,
     readable_by,
 )
@@ -67,61 +73,228 @@ def raw_entries(data: bytes) -> dict[str, bytes]:
     return out
 
 
-# ----------------------------------------------------------------------- filter_namespaces
+# ------------------------------------------------------------------ FilteredListing
+
+
+class Frontend:
+    """A frontend that pages ListNamespaces as Temporal's SQL store does: ordered by id, the
+    next_page_token is the id of the last row of a full page (hidden or not)."""
+
+    def __init__(self, names: list[str], *, seed: int = 1) -> None:
+        rng = random.Random(seed)
+        self.rows = sorted(
+            ((f"{rng.getrandbits(64):016x}", n) for n in names), key=lambda row: row[0]
+        )
+        self.requests: list[ListNamespacesRequest] = []
+
+    def entry(self, ns_id: str, name: str) -> DescribeNamespaceResponse:
+        return DescribeNamespaceResponse(
+            namespace_info=NamespaceInfo(name=name, id=ns_id, description=f"the {name} namespace")
+        )
+
+    def __call__(self, request: bytes) -> bytes:
+        req = ListNamespacesRequest.FromString(request)
+        self.requests.append(req)
+        after = req.next_page_token.decode()
+        rows = [r for r in self.rows if r[0] > after][: req.page_size or 100]
+        token = rows[-1][0].encode() if len(rows) == (req.page_size or 100) else b""
+        return ListNamespacesResponse(
+            namespaces=[self.entry(*r) for r in rows], next_page_token=token
+        ).SerializeToString()
+
+
+def answer(frontend: Frontend, request: bytes, keep: set[str], **kw: Any) -> bytes:
+    listing = FilteredListing(request, lambda name: name in keep, **kw)
+    follow: bytes | None = listing.next_request()
+    while follow is not None:
+        follow = listing.feed(frontend(follow))
+    return listing.result()
+
+
+def page_through(
+    frontend: Frontend, keep: set[str], page_size: int, **kw: Any
+) -> tuple[list[str], list[ListNamespacesResponse]]:
+    seen: list[str] = []
+    pages: list[ListNamespacesResponse] = []
+    token = b""
+    for _ in range(1000):
+        request = ListNamespacesRequest(page_size=page_size, next_page_token=token)
+        page = ListNamespacesResponse.FromString(
+            answer(frontend, request.SerializeToString(), keep, **kw)
+        )
+        pages.append(page)
+        seen += [ns.namespace_info.name for ns in page.namespaces]
+        token = page.next_page_token
+        if not token:
+            return seen, pages
+    raise AssertionError("paging did not end")
+
+
+UNIVERSE = [f"ns-{i:02d}" for i in range(40)]
+
+
+@pytest.mark.parametrize("page_size", [1, 2, 3, 10, 100])
+@pytest.mark.parametrize("readable", [set(UNIVERSE[::3]), {"ns-07"}, set(), set(UNIVERSE)])
+def test_pages_hold_exactly_the_readable_set(page_size: int, readable: set[str]) -> None:
+    frontend = Frontend(UNIVERSE)
+    seen, pages = page_through(frontend, readable, page_size, upstream_page_size=7)
+    assert sorted(seen) == sorted(readable) and len(seen) == len(set(seen))
+    # Every page but the last is full: page sizes say nothing about hidden namespaces.
+    assert all(len(p.namespaces) == page_size for p in pages[:-1])
+    assert 0 < len(pages[-1].namespaces) <= page_size or not readable
+    hidden = [r for r in frontend.rows if r[1] not in readable]
+    for page in pages:
+        token = page.next_page_token
+        if token:
+            offset, after = decode_token(token)
+            assert after in readable and 0 < offset <= len(readable)
+            for ns_id, name in hidden:
+                assert ns_id.encode() not in token and name.encode() not in token
+
+
+@pytest.mark.parametrize("page_size", [1, 2, 5, 100])
+def test_the_answer_depends_on_the_readable_set_alone(page_size: int) -> None:
+    readable = {"ns-03", "ns-11", "ns-12", "ns-30"}
+    # The same readable namespaces with their ids, among different hidden ones.
+    small = Frontend(sorted(readable), seed=5)
+    big = Frontend(UNIVERSE, seed=5)
+    big.rows = sorted(
+        [r for r in big.rows if r[1] not in readable] + small.rows, key=lambda row: row[0]
+    )
+    token = b""
+    for _ in range(10):
+        request = ListNamespacesRequest(page_size=page_size, next_page_token=token)
+        a = answer(small, request.SerializeToString(), readable, upstream_page_size=5)
+        b = answer(big, request.SerializeToString(), readable, upstream_page_size=5)
+        assert a == b
+        token = ListNamespacesResponse.FromString(a).next_page_token
+        if not token:
+            break
+
+
+def test_kept_entries_are_the_frontends_bytes_and_unknown_fields_are_dropped() -> None:
+    original = response()
+    unknown = bytes([15 << 3 | 0, 42])  # field 15, varint 42: could describe hidden rows
+    listing = FilteredListing(LIST_REQUEST, lambda name: name in {"other", "payments"})
+    assert listing.feed(original + unknown) is not None  # upstream has more
+    assert listing.feed(ListNamespacesResponse().SerializeToString()) is None
+    out = listing.result()
+    before = raw_entries(original)
+    assert out == before["other"] + before["payments"]
+
+
+def test_upstream_requests_keep_the_filter_and_use_the_proxys_page_size() -> None:
+    frontend = Frontend(UNIVERSE)
+    request = ListNamespacesRequest(
+        page_size=2, namespace_filter=NamespaceFilter(include_deleted=True)
+    )
+    last_three = {name for _, name in frontend.rows[-3:]}
+    answer(frontend, request.SerializeToString(), last_three, upstream_page_size=9)
+    assert [r.page_size for r in frontend.requests] == [9] * len(frontend.requests)
+    assert all(r.namespace_filter.include_deleted for r in frontend.requests)
+    assert frontend.requests[0].next_page_token == b""
+    assert len(frontend.requests) == 5  # 40 rows, 9 a page, the readable ones last by id
+
+
+def test_it_stops_reading_upstream_once_a_page_and_one_more_are_found() -> None:
+    frontend = Frontend(UNIVERSE)
+    request = ListNamespacesRequest(page_size=2).SerializeToString()
+    answer(frontend, request, set(UNIVERSE), upstream_page_size=1)
+    assert len(frontend.requests) == 3
+
+
+@pytest.mark.parametrize("page_size", [0, -1, -(2**31)])
+def test_page_size_zero_or_negative_is_temporals_default(page_size: int) -> None:
+    frontend = Frontend(UNIVERSE * 1 + [f"x-{i:03d}" for i in range(200)])
+    request = ListNamespacesRequest(page_size=page_size).SerializeToString()
+    everything = {n for _, n in frontend.rows}
+    page = ListNamespacesResponse.FromString(answer(frontend, request, everything))
+    assert len(page.namespaces) == DEFAULT_PAGE_SIZE == 100
+    assert page.next_page_token
+
+
+def test_too_many_upstream_pages_fail_closed() -> None:
+    frontend = Frontend(UNIVERSE)
+    request = ListNamespacesRequest(page_size=5).SerializeToString()
+    with pytest.raises(ListingError) as exc:
+        answer(frontend, request, {"ns-39"}, upstream_page_size=4, max_pages=3)
+    assert (exc.value.status, exc.value.reason) == ("RESOURCE_EXHAUSTED", "too_many")
+    assert len(frontend.requests) == 3
+    # Within the bound the same call succeeds.
+    assert names_of(answer(frontend, request, {"ns-39"}, upstream_page_size=5)) == ["ns-39"]
+
+
+def names_of(data: bytes) -> list[str]:
+    return [ns.namespace_info.name for ns in ListNamespacesResponse.FromString(data).namespaces]
+
+
+def test_a_repeated_upstream_token_fails_closed() -> None:
+    listing = FilteredListing(LIST_REQUEST, lambda name: False)
+    page = ListNamespacesResponse(next_page_token=b"same").SerializeToString()
+    assert listing.feed(page) is not None
+    with pytest.raises(ListingError) as exc:
+        listing.feed(page)
+    assert exc.value.reason == "bad_response"
 
 
 @pytest.mark.parametrize(
-    "keep",
+    "token",
     [
-        {"default"},
-        {"default", "other"},
-        {"temporal-system", "payments"},
-        set(),
-        set(NAMES),
+        b"0123456789abcdef",  # an upstream cursor (a namespace id) is not accepted back
+        TOKEN_MAGIC,
+        TOKEN_MAGIC + b"\x05",  # no name
+        TOKEN_MAGIC + b"\xff",  # truncated varint
+        TOKEN_MAGIC + b"\x01\xff\xfe",  # not UTF-8
+        TOKEN_MAGIC + b"\x01" + b"n" * 5000,
     ],
 )
-def test_filter_keeps_chosen_entries_byte_identical(keep: set[str]) -> None:
-    original = response()
-    filtered = filter_namespaces(original, lambda name: name in keep)
-    parsed = ListNamespacesResponse.FromString(filtered)
-    assert [ns.namespace_info.name for ns in parsed.namespaces] == [n for n in NAMES if n in keep]
-    assert parsed.next_page_token == b"page-2"
-    before, after = raw_entries(original), raw_entries(filtered)
-    assert set(after) == keep
-    for name in keep:
-        assert after[name] == before[name]
-    # Nothing but the dropped entries changed: the rest of the message is byte-identical.
-    expected = b"".join(
-        original[start:end]
-        for number, _wire, start, value_start, end in iter_fields(original)
-        if not (number == 1 and namespace_name(original[value_start:end]) not in keep)
-    )
-    assert filtered == expected
-    # The kept entries parse to exactly what the server sent.
-    by_name = {
-        ns.namespace_info.name: ns for ns in ListNamespacesResponse.FromString(original).namespaces
-    }
-    for ns in parsed.namespaces:
-        assert ns == by_name[ns.namespace_info.name]
+def test_a_token_the_proxy_did_not_make_is_refused(token: bytes) -> None:
+    request = ListNamespacesRequest(page_size=1, next_page_token=token).SerializeToString()
+    with pytest.raises(ListingError) as exc:
+        FilteredListing(request, lambda name: True)
+    assert (exc.value.status, exc.value.reason) == ("INVALID_ARGUMENT", "bad_token")
 
 
-def test_filter_keeps_next_page_token_and_unknown_fields_in_place() -> None:
-    # A token before the entries and an unknown field (a newer server) both survive.
-    token = ListNamespacesResponse(next_page_token=b"\x00\xfftok").SerializeToString()
-    unknown = bytes([15 << 3 | 0, 42])  # field 15, varint 42
-    data = token + response(b"") + unknown
-    filtered = filter_namespaces(data, lambda name: name == "other")
-    assert filtered.startswith(token)
-    assert filtered.endswith(unknown)
-    parsed = ListNamespacesResponse.FromString(filtered)
-    assert parsed.next_page_token == b"\x00\xfftok"
-    assert [ns.namespace_info.name for ns in parsed.namespaces] == ["other"]
+@pytest.mark.parametrize(
+    "request_bytes",
+    [b"\x08", bytes([1 << 3 | 2, 1, 0]), bytes([2 << 3 | 0, 1]), b"\x1a\x05ab"],
+)
+def test_a_malformed_request_is_refused(request_bytes: bytes) -> None:
+    with pytest.raises(ListingError) as exc:
+        FilteredListing(request_bytes, lambda name: True)
+    assert (exc.value.status, exc.value.reason) == ("INVALID_ARGUMENT", "bad_request")
 
 
-def test_filter_of_an_empty_page_keeps_the_token() -> None:
-    data = ListNamespacesResponse(next_page_token=b"more").SerializeToString()
-    assert filter_namespaces(data, lambda name: False) == data
-    assert filter_namespaces(b"", lambda name: True) == b""
+def test_a_malformed_upstream_answer_fails_closed() -> None:
+    listing = FilteredListing(LIST_REQUEST, lambda name: True)
+    with pytest.raises(ListingError) as exc:
+        listing.feed(b"\x0a\x05ab")
+    assert (exc.value.status, exc.value.reason) == ("INTERNAL", "bad_response")
+
+
+def test_a_made_up_or_stale_name_falls_back_to_the_count() -> None:
+    frontend = Frontend(UNIVERSE)
+    readable = set(UNIVERSE[:6])
+    order = [n for _, n in frontend.rows if n in readable]
+    # A hidden name in a forged token is never looked up among hidden rows: only the count
+    # counts, so the answer is the same as for any other unknown name.
+    for name in ("ns-39", "no-such-namespace"):
+        request = ListNamespacesRequest(page_size=2, next_page_token=encode_token(2, name))
+        got = names_of(answer(frontend, request.SerializeToString(), readable))
+        assert got == order[2:4]
+    # A real token resumes after the name it carries, even if namespaces came and went.
+    request = ListNamespacesRequest(page_size=2, next_page_token=encode_token(5, order[1]))
+    assert names_of(answer(frontend, request.SerializeToString(), readable)) == order[2:4]
+
+
+def test_the_empty_name_is_never_listed() -> None:
+    data = ListNamespacesResponse(
+        namespaces=[entry(""), entry("default")], next_page_token=b""
+    ).SerializeToString()
+    claims = Claims.build(subject="s", system=Role.UNDEFINED, namespaces={"": R, "default": R})
+    listing = FilteredListing(LIST_REQUEST, readable_by(claims))
+    assert listing.feed(data) is None
+    assert names_of(listing.result()) == ["default"]
 
 
 def test_namespace_name() -> None:

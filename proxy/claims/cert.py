@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from proxy.claims.dn import SubjectPattern
 from proxy.claims.patterns import Glob, Grant, PatternError, RoleAccumulator, parse_grants
 from proxy.errors import CredentialError
 from proxy.model import AuthInfo, AuthType, Claims, PeerIdentity, Reason
@@ -32,8 +33,18 @@ FIELDS: tuple[tuple[str, str, bool], ...] = (
     ("dns_name", ".", True),  # DNS names are case-insensitive
     ("common_name", "", False),
     ("organizational_unit", "", False),
-    ("subject", "", False),
+    ("subject", "", False),  # RFC 4514, matched on parsed attributes (see `dn`)
 )
+# The config key of each field, for error paths.
+CONFIG_KEYS = {
+    "spiffe_id": "spiffeId",
+    "uri": "uri",
+    "dns_name": "dnsName",
+    "common_name": "commonName",
+    "organizational_unit": "organizationalUnit",
+    "subject": "subject",
+}
+Matcher = Glob | SubjectPattern
 
 
 def _values(peer: PeerIdentity, name: str) -> Sequence[str]:
@@ -45,29 +56,37 @@ def _values(peer: PeerIdentity, name: str) -> Sequence[str]:
         return peer.dns_names
     if name == "common_name":
         return (peer.common_name,) if peer.common_name else ()
-    if name == "organizational_unit":
-        return peer.organizational_units
-    return (peer.subject,) if peer.subject else ()
+    return peer.organizational_units
 
 
 @dataclass(frozen=True, slots=True)
 class CertificateRule:
     """Compiled rule: (field, glob) matchers and the grants they unlock."""
 
-    matchers: tuple[tuple[str, Glob], ...]
+    matchers: tuple[tuple[str, Matcher], ...]
     grants: tuple[Grant, ...]
 
     @staticmethod
     def build(patterns: dict[str, str], grants: Iterable[str]) -> CertificateRule:
-        """`patterns` maps a field name (see FIELDS) to its pattern; raise PatternError."""
-        matchers: list[tuple[str, Glob]] = []
+        """`patterns` maps a field name (see FIELDS) to its pattern; raise PatternError (its
+        `key` names the config key of a bad pattern)."""
+        matchers: list[tuple[str, Matcher]] = []
         unknown = set(patterns) - {f for f, _, _ in FIELDS}
         if unknown:
             raise PatternError(f"unknown certificate field(s) {sorted(unknown)}")
         for name, separator, fold in FIELDS:
             text = patterns.get(name, "")
-            if text:
-                matchers.append((name, Glob.compile(text, separator=separator, fold_case=fold)))
+            if not text:
+                continue
+            try:
+                matcher: Matcher = (
+                    SubjectPattern.compile(text)
+                    if name == "subject"
+                    else Glob.compile(text, separator=separator, fold_case=fold)
+                )
+            except PatternError as exc:
+                raise PatternError(str(exc), key=CONFIG_KEYS[name]) from exc
+            matchers.append((name, matcher))
         if not matchers:
             raise PatternError("a rule needs at least one matcher")
         grant_list = tuple(grants)
@@ -79,8 +98,15 @@ class CertificateRule:
     def captures(self, peer: PeerIdentity) -> list[tuple[str, ...]]:
         """One capture tuple per combination of matching values; [] when the rule fails."""
         per_matcher: list[list[tuple[str, ...]]] = []
-        for name, glob in self.matchers:
-            hits = [c for c in (glob.match(v) for v in _values(peer, name)) if c is not None]
+        for name, matcher in self.matchers:
+            hits: list[tuple[str, ...]]
+            if isinstance(matcher, SubjectPattern):
+                # Parsed attributes only: a subject known only as a string never matches.
+                found = None if peer.subject_rdns is None else matcher.match(peer.subject_rdns)
+                hits = [] if found is None else [found]
+            else:
+                values = _values(peer, name)
+                hits = [c for c in (matcher.match(v) for v in values) if c is not None]
             if not hits:
                 return []
             per_matcher.append(hits)
@@ -147,5 +173,5 @@ def build_rules(
         try:
             out.append(CertificateRule.build(patterns, grants))
         except PatternError as exc:
-            raise on_error(index, str(exc)) from exc
+            raise on_error(index, f"{exc.key}: {exc}" if exc.key else str(exc)) from exc
     return out

@@ -37,7 +37,8 @@ def build_certificate_mapper(az: AuthorizationConfig) -> CertificateClaimMapper:
         try:
             rules.append(CertificateRule.build(patterns, rule.grants))
         except PatternError as exc:
-            raise ConfigError(f"{_RULES}[{i}]", str(exc)) from exc
+            where = f"{_RULES}[{i}].{exc.key}" if exc.key else f"{_RULES}[{i}]"
+            raise ConfigError(where, str(exc)) from exc
     if not rules:
         raise ConfigError(_RULES, "at least one rule is required")
     return CertificateClaimMapper(rules)

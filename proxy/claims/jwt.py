@@ -251,7 +251,8 @@ def parse_permissions(
     """Temporal's permission list -> (system role, namespace roles). Spec §2.3.
 
     Entries are OR-ed; `temporal-system` exactly is the system role; an unknown word still
-    creates a 0-valued namespace entry; `:admin` is admin on namespace "".
+    creates a 0-valued namespace entry. Ours: an entry on the empty namespace (`:admin`) is
+    ignored and logged (Temporal grants it on "", which by-id and task-token calls then use).
     """
     system = Role.UNDEFINED
     namespaces: dict[str, Role] = {}
@@ -271,6 +272,9 @@ def parse_permissions(
             if not sep:
                 _warn(logger, "ignoring permission in unexpected format", entry)
                 continue
+        if not namespace:
+            _warn(logger, "ignoring permission on the empty namespace", entry)
+            continue
         role = permission_to_role(word)
         if namespace == SYSTEM_NAMESPACE:
             system |= role

@@ -29,7 +29,12 @@ _CAPTURE_REF = re.compile(r"\{(\d+)\}")
 
 
 class PatternError(ValueError):
-    """A pattern or grant that cannot be used; the message names what is wrong."""
+    """A pattern or grant that cannot be used; the message names what is wrong, `key` the
+    config key it came from when the caller knows it."""
+
+    def __init__(self, message: str, *, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +109,9 @@ class Grant:
                     f"{available_captures} wildcard(s)"
                 )
         if not namespace:
-            raise PatternError(f"{text!r}: the namespace must not be empty")
+            raise PatternError(
+                f"{text!r}: the namespace must not be empty (the empty namespace grants nothing)"
+            )
         return Grant(namespace=namespace, role=role, uses_captures=bool(refs))
 
     def namespace_for(self, captures: Sequence[str]) -> str:
@@ -128,6 +135,8 @@ class RoleAccumulator:
 
     def add(self, grant: Grant, captures: Sequence[str] = ()) -> None:
         namespace = grant.namespace_for(captures)
+        if not namespace:
+            return  # the empty namespace grants nothing (config refuses it; captures are never "")
         if namespace == SYSTEM_NAMESPACE:
             if grant.uses_captures:
                 return  # never a system role from caller-influenced text
@@ -138,4 +147,6 @@ class RoleAccumulator:
     def add_roles(self, system: Role, namespaces: Mapping[str, Role]) -> None:
         self.system |= system
         for namespace, role in namespaces.items():
+            if not namespace:
+                continue  # a member mapper's role on "" grants nothing
             self.namespaces[namespace] = self.namespaces.get(namespace, Role.UNDEFINED) | role

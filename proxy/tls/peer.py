@@ -24,6 +24,17 @@ def _spiffe_id(uris: Sequence[str]) -> str:
     return spiffe[0] if len(spiffe) == 1 else ""
 
 
+def subject_rdns(name: x509.Name) -> tuple[tuple[tuple[str, str | None], ...], ...]:
+    """The subject as parsed attributes, in RFC 4514 order (the reverse of the DER order)."""
+    return tuple(
+        tuple(
+            (attr.oid.dotted_string, attr.value if isinstance(attr.value, str) else None)
+            for attr in rdn
+        )
+        for rdn in reversed(name.rdns)
+    )
+
+
 @functools.lru_cache(maxsize=1024)
 def identity_from_pem(pem: bytes) -> PeerIdentity | None:
     # Memoized by the PEM bytes: a connection presents the same certificate on every call.
@@ -51,6 +62,7 @@ def identity_from_pem(pem: bytes) -> PeerIdentity | None:
         return None
     return PeerIdentity(
         subject=cert.subject.rfc4514_string(),
+        subject_rdns=subject_rdns(cert.subject),
         common_name=str(common_names[0].value) if common_names else "",
         organizational_units=tuple(str(unit.value) for unit in units),
         dns_names=dns,
