@@ -4,8 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CERTS  := certs-dev
+TS_DIR := tests/e2e/ts
+TS_STAMP := $(TS_DIR)/node_modules/.installed
 
-.PHONY: run test lint typecheck unit e2e protos bench clean venv certs
+.PHONY: run test lint typecheck unit e2e protos bench clean venv certs ts-sdk
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +17,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The TypeScript SDK e2e test's packages, exactly as locked. Node and npm: the machine's, or
+# Debian's when node is missing. --ignore-scripts: nothing is built or downloaded at install.
+$(TS_STAMP): $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
+	@if ! command -v node >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "node is missing: install Node.js >= 20.3 and npm (as root, make does it)" >&2; exit 1; \
+	  fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; \
+	fi
+	@command -v npm >/dev/null 2>&1 || { echo "npm is missing: install npm for $$(node --version)" >&2; exit 1; }
+	cd $(TS_DIR) && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
+ts-sdk: $(TS_STAMP)
+
 certs: $(STAMP)
 	$(BIN)/temporal-auth-proxy certs-dev --out $(CERTS)
 
@@ -23,7 +40,7 @@ run: certs
 	TAP_ROOT=$(CURDIR) ./deploy/dev/run.sh
 
 ## make test: lint, type-check, then the whole suite (end-to-end tests included)
-test: $(STAMP) lint typecheck
+test: $(STAMP) $(TS_STAMP) lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
@@ -36,7 +53,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q -m "not e2e"
 
-e2e: $(STAMP)
+e2e: $(STAMP) $(TS_STAMP)
 	$(BIN)/pytest -q -m e2e
 
 ## make protos: regenerate proxy/_pb from protos/ (a test fails when they are stale)
