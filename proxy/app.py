@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import signal
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,14 +20,16 @@ from proxy.admin import build_admin_app, metrics_registry
 from proxy.audit import AuditLog
 from proxy.authz import DefaultAuthorizer, NoopAuthorizer
 from proxy.claims import DefaultJWTClaimMapper, NoopClaimMapper
-from proxy.claims.identity import build_identity_mapper, build_idp_keys
+from proxy.claims.identity import build_identity_mapper
 from proxy.codec import PayloadCodec
 from proxy.codec_http import codec_requires_authorization, codec_routes
-from proxy.config import IDENTITY_MAPPERS, Config, identity_members
+from proxy.config import IDENTITY_MAPPERS, Config
 from proxy.errors import ConfigError
 from proxy.forward import ForwardingHandler, UpstreamPool, channel_options, close_channels
 from proxy.interfaces import Authorizer, ClaimMapper
-from proxy.keys import IdpKeys, JwksKeyProvider
+from proxy.keys.build import build_key_provider
+from proxy.keys.idp import IdpKeys
+from proxy.keys.jwks import JwksKeyProvider
 from proxy.metrics import ProxyMetrics, multiprocess_dir
 from proxy.pipeline import Gate
 from proxy.plugins import load_plugin
@@ -88,27 +89,6 @@ def build_authorizer(cfg: Config) -> Authorizer:
         return NoopAuthorizer()
     authorizer = load_plugin(cfg.authorization.authorizer, Authorizer, "authorization.authorizer")
     return authorizer  # type: ignore[return-value]  # load_plugin checked the protocol
-
-
-def build_key_provider(
-    cfg: Config, metrics: ProxyMetrics, logger: Any
-) -> JwksKeyProvider | IdpKeys | None:
-    used = identity_members(cfg.authorization)
-    if "idp" in used:
-        return build_idp_keys(cfg.authorization, logger, metrics.on_jwks_refresh)
-    if "jwt" not in used:
-        return None
-    kp = cfg.authorization.jwt_key_provider
-    try:
-        return JwksKeyProvider(
-            kp.key_source_uris,
-            kp.refresh_interval,
-            fetch_timeout=kp.fetch_timeout,
-            logger=logger,
-            on_refresh=lambda ok, n: metrics.on_jwks_refresh(ok, n, time.time()),
-        )
-    except (ValueError, Exception) as exc:
-        raise ConfigError("authorization.jwtKeyProvider.keySourceURIs", str(exc)) from exc
 
 
 @dataclass

@@ -10,11 +10,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from proxy import methods
-from proxy.app import build_authorizer, build_claim_mapper, build_key_provider
+from proxy.app import build_authorizer, build_claim_mapper
 from proxy.authz import required_role
 from proxy.config import Config
 from proxy.errors import ConfigError
-from proxy.keys import JwksKeyProvider
+from proxy.keys.build import build_key_provider
+from proxy.keys.jwks import JwksKeyProvider
 from proxy.metrics import ProxyMetrics
 from proxy.model import Claims, MethodInfo, PeerIdentity, Role, Scope
 from proxy.pipeline import Gate, Verdict, encode_len_field

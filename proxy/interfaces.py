@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from proxy.model import AuthInfo, CallTarget, Claims, Result
+
+_T = TypeVar("_T")
+
+
+class Logger(Protocol):
+    """The part of a structlog BoundLogger the proxy's parts call."""
+
+    def info(self, event: str, **kw: Any) -> Any: ...
+
+    def warning(self, event: str, **kw: Any) -> Any: ...
+
+
+class TaskSpawner(Protocol):
+    """Where a part starts background work: the app's TaskGroup (or one nested in it)."""
+
+    def create_task(
+        self, coro: Coroutine[Any, Any, _T], *, name: str | None = None
+    ) -> asyncio.Task[_T]: ...
 
 
 @runtime_checkable

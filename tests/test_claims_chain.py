@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
-from proxy.app import build_claim_mapper, build_key_provider
+from proxy.app import build_claim_mapper
 from proxy.claims.cert import CertificateClaimMapper, CertificateRule
 from proxy.claims.chain import ChainClaimMapper
 from proxy.claims.jwt import DefaultJWTClaimMapper
 from proxy.config import parse_config
 from proxy.errors import ConfigError, CredentialError
-from proxy.keys import JwksKeyProvider, StaticKeyProvider
+from proxy.keys.build import build_key_provider
+from proxy.keys.jwks import JwksKeyProvider, StaticKeyProvider
 from proxy.model import AuthInfo, Claims, Reason, Role
 from tests.jwt_helpers import jwks, rs256_token, rsa_jwk, rsa_key
 from tests.test_claims_cert import TLS, peer

@@ -16,12 +16,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from prometheus_client import CollectorRegistry
 
-from proxy.app import build_claim_mapper, build_key_provider
+from proxy.app import build_claim_mapper
 from proxy.claims.idp import IdpClaimMapper, IssuerPolicy, RoleClaim
 from proxy.claims.patterns import PatternError
 from proxy.config import parse_config
 from proxy.errors import ConfigError, CredentialError
-from proxy.keys import IdpKeys, IssuerKeys, VerificationKey
+from proxy.keys.build import build_key_provider
+from proxy.keys.idp import IdpKeys, IssuerKeys, VerificationKey
 from proxy.metrics import ProxyMetrics
 from proxy.model import AuthInfo, Reason, Role
 from tests.jwt_helpers import assemble, b64url, ec_key, rsa_key, sign_hs256, sign_rs256

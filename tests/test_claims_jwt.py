@@ -16,12 +16,12 @@ from proxy.claims import NoopClaimMapper
 from proxy.claims.jwt import (
     DefaultJWTClaimMapper,
     compile_permissions_regex,
-    parse_authorization_header,
     parse_permissions,
 )
+from proxy.claims.token import parse_authorization_header
 from proxy.errors import CredentialError
 from proxy.interfaces import AuthInfoOptional, ClaimMapper, KeyProvider
-from proxy.keys import StaticKeyProvider
+from proxy.keys.jwks import StaticKeyProvider
 from proxy.model import AuthInfo, Claims, Reason, Role
 from tests.jwt_helpers import (
     assemble,

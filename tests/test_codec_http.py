@@ -28,7 +28,7 @@ from proxy.codec import KeyRing, Payload, PayloadCodec
 from proxy.codec_http import codec_requires_authorization, codec_routes
 from proxy.config import CorsConfig, parse_config
 from proxy.errors import ConfigError
-from proxy.keys import StaticKeyProvider
+from proxy.keys.jwks import StaticKeyProvider
 from proxy.model import AuthInfo, Claims
 from proxy.sdk_codec import EncryptionCodec
 from tests.jwt_helpers import rs256_token, rsa_key

@@ -28,10 +28,11 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from proxy.claims.jwt import DefaultJWTClaimMapper, parse_authorization_header
+from proxy.claims.jwt import DefaultJWTClaimMapper
+from proxy.claims.token import parse_authorization_header
 from proxy.config import Config, load_config, parse_config
 from proxy.errors import ConfigError, CredentialError
-from proxy.keys import StaticKeyProvider
+from proxy.keys.jwks import StaticKeyProvider
 from proxy.model import AuthInfo, Claims
 from tests.jwt_helpers import (
     assemble,

@@ -24,7 +24,8 @@ from cryptography.x509.oid import NameOID
 from proxy.claims.jwt import DefaultJWTClaimMapper
 from proxy.errors import CredentialError, KeySourceError
 from proxy.interfaces import BackgroundTask, KeyProvider
-from proxy.keys import JwksKeyProvider, StaticKeyProvider, parse_jwks, redact_uri
+from proxy.keys.fetch import redact_uri
+from proxy.keys.jwks import JwksKeyProvider, StaticKeyProvider, parse_jwks
 from proxy.model import AuthInfo, Reason
 from tests.jwt_helpers import b64url, ec_jwk, ec_key, jwks, rs256_token, rsa_jwk, rsa_key
 

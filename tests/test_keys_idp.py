@@ -19,17 +19,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 from prometheus_client import CollectorRegistry
 
-from proxy.app import build_claim_mapper, build_key_provider
+from proxy.app import build_claim_mapper
 from proxy.claims.idp import IdpClaimMapper, IssuerPolicy, RoleClaim
 from proxy.config import parse_config
 from proxy.errors import CredentialError, KeySourceError
-from proxy.keys import (
-    IdpKeys,
-    IssuerKeys,
-    load_public_key_pem,
-    parse_discovery,
-    parse_idp_jwks,
-)
+from proxy.keys.build import build_key_provider
+from proxy.keys.idp import IdpKeys, IssuerKeys, parse_discovery, parse_idp_jwks
+from proxy.keys.jwk import load_public_key_pem
 from proxy.metrics import ProxyMetrics
 from proxy.model import AuthInfo, Reason, Role
 from tests.jwt_helpers import b64url, ec_jwk, ec_key, rsa_jwk, rsa_key

@@ -17,7 +17,7 @@ from proxy import methods
 from proxy.authz import DefaultAuthorizer
 from proxy.claims.jwt import DefaultJWTClaimMapper
 from proxy.dev.pki import generate_key, mint_token, private_key_pem
-from proxy.keys import StaticKeyProvider
+from proxy.keys.jwks import StaticKeyProvider
 from proxy.metrics import ProxyMetrics
 from proxy.model import (
     Access,

@@ -3,11 +3,11 @@
 from proxy.claims.jwt import (
     DefaultJWTClaimMapper,
     compile_permissions_regex,
-    parse_authorization_header,
     parse_permissions,
     permission_to_role,
 )
 from proxy.claims.noop import NoopClaimMapper
+from proxy.claims.token import parse_authorization_header
 
 __all__ = [
     "DefaultJWTClaimMapper",

@@ -1,4 +1,4 @@
-"""Config -> the opt-in identity mappers (cert, chain, idp) and the IdP key sets.
+"""Config -> the opt-in identity mappers (cert, chain, idp); the IdP key sets: proxy.keys.build.
 
 Called by the composition root. Every problem becomes a `ConfigError` naming its key path, so
 `check-config` reports bad patterns, grants and key files before anything listens.
@@ -7,24 +7,15 @@ Called by the composition root. Every problem becomes a `ConfigError` naming its
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from proxy.claims.cert import FIELDS, CertificateClaimMapper, CertificateRule
 from proxy.claims.chain import ChainClaimMapper
 from proxy.claims.idp import IdpClaimMapper, IssuerPolicy, RoleClaim
 from proxy.claims.patterns import PatternError
 from proxy.config import AuthorizationConfig, Config, IssuerConfig, identity_members
-from proxy.errors import ConfigError, KeySourceError
-from proxy.interfaces import ClaimMapper
-from proxy.keys import (
-    IdpKeys,
-    IssuerKeys,
-    Logger,
-    VerificationKey,
-    discovery_uri_for,
-    load_public_key_pem,
-    parse_idp_jwks,
-)
+from proxy.errors import ConfigError
+from proxy.interfaces import ClaimMapper, Logger
+from proxy.keys.idp import IdpKeys
 
 _RULES = "authorization.certificateRules"
 _ISSUERS = "authorization.idp.issuers"
@@ -42,60 +33,6 @@ def build_certificate_mapper(az: AuthorizationConfig) -> CertificateClaimMapper:
     if not rules:
         raise ConfigError(_RULES, "at least one rule is required")
     return CertificateClaimMapper(rules)
-
-
-def _read(path: str, where: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(where, f"cannot read {path}: {exc.strerror}") from exc
-
-
-def _static_keys(iss: IssuerConfig, where: str, logger: Logger | None) -> list[VerificationKey]:
-    keys: list[VerificationKey] = []
-    if iss.jwks_file:
-        try:
-            keys += parse_idp_jwks(_read(iss.jwks_file, f"{where}.jwksFile"), logger)
-        except KeySourceError as exc:
-            raise ConfigError(f"{where}.jwksFile", str(exc)) from exc
-    for j, pk in enumerate(iss.public_key_files):
-        path = f"{where}.publicKeyFiles[{j}].file"
-        try:
-            key = load_public_key_pem(_read(pk.file, path))
-        except KeySourceError as exc:
-            raise ConfigError(path, str(exc)) from exc
-        keys.append(VerificationKey(kid=pk.kid or None, key=key))
-    return keys
-
-
-def build_idp_keys(
-    az: AuthorizationConfig,
-    logger: Logger | None = None,
-    on_refresh: Callable[[bool, int, float], None] | None = None,
-) -> IdpKeys:
-    issuers: list[IssuerKeys] = []
-    for i, iss in enumerate(az.idp.issuers):
-        where = f"{_ISSUERS}[{i}]"
-        discovery = iss.discovery_uri or (discovery_uri_for(iss.issuer) if iss.discovery else "")
-        try:
-            issuers.append(
-                IssuerKeys(
-                    iss.issuer,
-                    jwks_uri=iss.jwks_uri,
-                    discovery_uri=discovery,
-                    static_keys=_static_keys(iss, where, logger),
-                    refresh_interval=iss.refresh_interval,
-                    refetch_interval=iss.refetch_interval,
-                    fetch_timeout=iss.fetch_timeout,
-                    logger=logger,
-                )
-            )
-        except ValueError as exc:
-            raise ConfigError(where, str(exc)) from exc
-    try:
-        return IdpKeys(issuers, on_refresh)
-    except ValueError as exc:
-        raise ConfigError(_ISSUERS, str(exc)) from exc
 
 
 def _policy(iss: IssuerConfig, where: str) -> IssuerPolicy:

@@ -16,53 +16,28 @@ Token text never reaches a log line or an error message.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import math
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from proxy.claims.jwt import parse_authorization_header, parse_permissions
+from proxy.claims import token
+from proxy.claims.jwt import parse_permissions
 from proxy.claims.patterns import Glob, Grant, PatternError, RoleAccumulator, parse_grants
-from proxy.errors import CredentialError
-from proxy.keys import IdpKeys, Logger, VerificationKey
+from proxy.claims.token import JsonDialect, TokenCache, Verified, decode_jws, fail
+from proxy.interfaces import Logger
+from proxy.keys.idp import IdpKeys, VerificationKey
 from proxy.model import AuthInfo, AuthType, Claims, Reason
 
 AUTH_TYPE = AuthType.JWT.value
 MIN_RSA_BITS = 2048
-
-_HASHES: Mapping[str, Callable[[], hashes.HashAlgorithm]] = {
-    "256": hashes.SHA256,
-    "384": hashes.SHA384,
-    "512": hashes.SHA512,
-}
-# alg -> (EC curve name, coordinate size in bytes)
-_EC_ALGS: Mapping[str, tuple[str, int]] = {
-    "ES256": ("secp256r1", 32),
-    "ES384": ("secp384r1", 48),
-    "ES512": ("secp521r1", 66),
-}
-ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
-)
+ALGORITHMS = token.ALGORITHMS  # asymmetric only: HMAC and `none` can never be configured
 DEFAULT_ALGORITHMS = ("RS256",)
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _PATH_SPLIT = re.compile(r"(?<!\\)\.")
-
-
-def _fail(reason: Reason, detail: str) -> CredentialError:
-    return CredentialError(reason, detail)
 
 
 # ------------------------------------------------------------------------ role tables
@@ -153,46 +128,23 @@ class IssuerPolicy:
             raise ValueError("subject claim must not be empty")
 
 
-# ------------------------------------------------------------------------ token parsing
-
-
-def _b64url(segment: str, what: str) -> bytes:
-    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
-        raise _fail(Reason.BAD_TOKEN_FORMAT, f"token {what} is not unpadded base64url")
-    try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError) as exc:  # pragma: no cover - regex guards it
-        raise _fail(Reason.BAD_TOKEN_FORMAT, f"token {what} is not base64url") from exc
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _json_object(raw: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise _fail(Reason.BAD_TOKEN_FORMAT, f"token {what} is not valid JSON") from exc
-    if not isinstance(value, dict):
-        raise _fail(Reason.BAD_TOKEN_FORMAT, f"token {what} is not a JSON object")
-    return value
+# ------------------------------------------------------------------------ claim checks
 
 
 def _number(payload: Mapping[str, Any], name: str, *, required: bool) -> float | None:
     value = payload.get(name)
     if value is None:
         if required:
-            raise _fail(Reason.INVALID_TOKEN, f"{name!r} claim is required")
+            raise fail(Reason.INVALID_TOKEN, f"{name!r} claim is required")
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(Reason.INVALID_TOKEN, f"{name!r} claim is not a number")
+        raise fail(Reason.INVALID_TOKEN, f"{name!r} claim is not a number")
     try:
         number = float(value)
     except OverflowError as exc:
-        raise _fail(Reason.INVALID_TOKEN, f"{name!r} claim is out of range") from exc
+        raise fail(Reason.INVALID_TOKEN, f"{name!r} claim is out of range") from exc
     if not math.isfinite(number):
-        raise _fail(Reason.INVALID_TOKEN, f"{name!r} claim is out of range")
+        raise fail(Reason.INVALID_TOKEN, f"{name!r} claim is out of range")
     return number
 
 
@@ -211,48 +163,7 @@ def key_fits(alg: str, vk: VerificationKey) -> bool:
     """Whether `vk` may verify an `alg` signature: type, curve, size and the JWK's own `alg`."""
     if vk.alg and vk.alg != alg:
         return False
-    key = vk.key
-    if alg[:2] in ("RS", "PS"):
-        return isinstance(key, rsa.RSAPublicKey) and key.key_size >= MIN_RSA_BITS
-    if alg in _EC_ALGS:
-        return isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == _EC_ALGS[alg][0]
-    if alg == "EdDSA":
-        return isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey)
-    return False
-
-
-def verify_signature(alg: str, vk: VerificationKey, signing_input: bytes, sig: bytes) -> bool:
-    """True iff `sig` is a valid `alg` signature by `vk` (which must fit `alg`)."""
-    key = vk.key
-    try:
-        if alg[:2] in ("RS", "PS"):
-            assert isinstance(key, rsa.RSAPublicKey)
-            if len(sig) != (key.key_size + 7) // 8:
-                return False
-            digest = _HASHES[alg[2:]]()
-            pad: padding.AsymmetricPadding = (
-                padding.PKCS1v15()
-                if alg[0] == "R"
-                else padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
-            )
-            key.verify(sig, signing_input, pad, digest)
-            return True
-        if alg in _EC_ALGS:
-            assert isinstance(key, ec.EllipticCurvePublicKey)
-            size = _EC_ALGS[alg][1]
-            if len(sig) != 2 * size:  # JWS uses raw R||S, never DER
-                return False
-            r = int.from_bytes(sig[:size], "big")
-            s = int.from_bytes(sig[size:], "big")
-            key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(_HASHES[alg[2:]]()))
-            return True
-        if alg == "EdDSA":
-            assert isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey)
-            key.verify(sig, signing_input)
-            return True
-    except (InvalidSignature, ValueError):
-        return False
-    return False
+    return token.key_fits(alg, vk.key, min_rsa_bits=MIN_RSA_BITS)
 
 
 # ------------------------------------------------------------------------ the mapper
@@ -278,10 +189,8 @@ class IdpClaimMapper:
                 raise ValueError(f"no keys configured for issuer {issuer!r}")
         self._keys = keys
         self._clock = clock
-        self._cache_size = cache_size
         self._log: Logger = logger if logger is not None else structlog.get_logger()
-        # (header, audience) -> (claims, serve while clock() < deadline, issuer, key generation)
-        self._cache: OrderedDict[tuple[str, str], tuple[Claims, float, str, int]] = OrderedDict()
+        self._cache = TokenCache(cache_size)
 
     def auth_info_required(self) -> bool:
         return True
@@ -292,47 +201,31 @@ class IdpClaimMapper:
             # As Temporal's mapper: a certificate without a token gets empty claims.
             return Claims(auth_type=AUTH_TYPE)
         now = self._clock()
-        key = (header, auth_info.audience)
-        entry = self._cache.get(key)
-        if entry is not None:
-            claims, deadline, issuer, generation = entry
-            keys = self._keys.issuer(issuer)
-            if now < deadline and keys is not None and keys.generation == generation:
-                self._cache.move_to_end(key)
-                return claims
-            del self._cache[key]
-        claims, deadline, issuer, generation = await self._verify(header, auth_info.audience, now)
-        if self._cache_size:
-            self._cache[key] = (claims, deadline, issuer, generation)
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        claims = self._cache.lookup(header, auth_info.audience, now)
+        if claims is None:
+            verified = await self._verify(header, auth_info.audience, now)
+            claims = self._cache.store(header, auth_info.audience, verified)
         return claims
 
-    async def _verify(
-        self, header: str, request_audience: str, now: float
-    ) -> tuple[Claims, float, str, int]:
-        token = parse_authorization_header(header)
-        parts = token.split(".")
-        if len(parts) != 3:
-            raise _fail(Reason.BAD_TOKEN_FORMAT, "token does not have 3 segments")
-        head = _json_object(_b64url(parts[0], "header"), "header")
-        payload = _json_object(_b64url(parts[1], "payload"), "payload")
-        signature = _b64url(parts[2], "signature")
+    async def _verify(self, header: str, request_audience: str, now: float) -> Verified:
+        jws = decode_jws(header, JsonDialect.STRICT)
+        head, payload = jws.header, jws.payload
+        signature = jws.signature()  # the whole token is well formed before anything else
 
         if "crit" in head:
-            raise _fail(Reason.INVALID_TOKEN, "token has critical header extensions")
+            raise fail(Reason.INVALID_TOKEN, "token has critical header extensions")
         alg = head.get("alg")
         if not isinstance(alg, str) or alg not in ALGORITHMS:
-            raise _fail(Reason.UNSUPPORTED_ALGORITHM, "signing method is not allowed")
+            raise fail(Reason.UNSUPPORTED_ALGORITHM, "signing method is not allowed")
         issuer = payload.get("iss")
         policy = self._policies.get(issuer) if isinstance(issuer, str) else None
         if policy is None:
-            raise _fail(Reason.ISSUER_MISMATCH, "token issuer is not configured")
+            raise fail(Reason.ISSUER_MISMATCH, "token issuer is not configured")
         if alg not in policy.algorithms:
-            raise _fail(Reason.UNSUPPORTED_ALGORITHM, f"signing method {alg} is not allowed")
+            raise fail(Reason.UNSUPPORTED_ALGORITHM, f"signing method {alg} is not allowed")
         kid = head.get("kid")
         if kid is not None and not isinstance(kid, str):
-            raise _fail(Reason.INVALID_TOKEN, "'kid' header is not a string")
+            raise fail(Reason.INVALID_TOKEN, "'kid' header is not a string")
 
         keys = self._keys.issuer(policy.issuer)
         assert keys is not None  # checked in __init__
@@ -340,12 +233,13 @@ class IdpClaimMapper:
         candidates = [vk for vk in await keys.keys_for(kid) if key_fits(alg, vk)]
         if not candidates:
             if not keys.loaded:
-                raise _fail(Reason.NO_KEYS, "no verification keys loaded yet")
-            raise _fail(Reason.UNKNOWN_KEY, "no key of this issuer fits the token")
+                raise fail(Reason.NO_KEYS, "no verification keys loaded yet")
+            raise fail(Reason.UNKNOWN_KEY, "no key of this issuer fits the token")
         generation = keys.generation  # a refetch may have changed it
-        signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
-        if not any(verify_signature(alg, vk, signing_input, signature) for vk in candidates):
-            raise _fail(Reason.BAD_SIGNATURE, "signature does not verify")
+        if not any(
+            token.signature_valid(alg, vk.key, jws.signing_input, signature) for vk in candidates
+        ):
+            raise fail(Reason.BAD_SIGNATURE, "signature does not verify")
 
         leeway = policy.leeway
         exp = _number(payload, "exp", required=True)
@@ -353,21 +247,21 @@ class IdpClaimMapper:
         nbf = _number(payload, "nbf", required=False)
         iat = _number(payload, "iat", required=False)
         if now >= exp + leeway:
-            raise _fail(Reason.TOKEN_EXPIRED, "token is expired")
+            raise fail(Reason.TOKEN_EXPIRED, "token is expired")
         if nbf is not None and now + leeway < nbf:
-            raise _fail(Reason.TOKEN_NOT_YET_VALID, "token is not valid yet")
+            raise fail(Reason.TOKEN_NOT_YET_VALID, "token is not valid yet")
         if iat is not None and now + leeway < iat:
-            raise _fail(Reason.TOKEN_NOT_YET_VALID, "token used before issued")
+            raise fail(Reason.TOKEN_NOT_YET_VALID, "token used before issued")
 
         token_audiences = _audiences(payload.get("aud"))
         if not policy.audiences.intersection(token_audiences):
-            raise _fail(Reason.AUDIENCE_MISMATCH, "audience mismatch")
+            raise fail(Reason.AUDIENCE_MISMATCH, "audience mismatch")
         if request_audience.strip() and request_audience not in token_audiences:
-            raise _fail(Reason.AUDIENCE_MISMATCH, "audience mismatch")
+            raise fail(Reason.AUDIENCE_MISMATCH, "audience mismatch")
 
         subject = payload.get(policy.subject_claim)
         if not isinstance(subject, str) or not subject:
-            raise _fail(Reason.BAD_SUBJECT, "subject claim is missing or not a string")
+            raise fail(Reason.BAD_SUBJECT, "subject claim is missing or not a string")
 
         roles = RoleAccumulator()
         for role_claim in policy.role_claims:
@@ -383,4 +277,4 @@ class IdpClaimMapper:
             namespaces=roles.namespaces,
             auth_type=AUTH_TYPE,
         )
-        return claims, exp + leeway, policy.issuer, generation
+        return Verified(claims=claims, deadline=exp + leeway, keys=keys, generation=generation)

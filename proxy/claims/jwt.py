@@ -8,24 +8,25 @@ a number, raw R||S ES256 signatures, kid looked up per key type). Every failure 
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import structlog
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from proxy.errors import CredentialError
-from proxy.interfaces import KeyProvider
-from proxy.keys import Logger
+from proxy.claims.token import (
+    JsonDialect,
+    TokenCache,
+    Verified,
+    decode_jws,
+    fail,
+    key_type_fits,
+    signature_valid,
+)
+from proxy.interfaces import KeyProvider, Logger
 from proxy.model import SYSTEM_NAMESPACE, AuthInfo, Claims, Reason, Role
 
 AUTH_TYPE = "jwt"
@@ -39,8 +40,6 @@ _KNOWN_ALGORITHMS = frozenset(
 # Tokens without `exp` would otherwise stay cached until evicted.
 NO_EXP_CACHE_SECONDS = 60.0
 _MIN_RSA_BITS = 1024  # Go >= 1.24 refuses smaller RSA keys
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
-_JSON_WS = " \t\n\r"
 # Go's strings.TrimSpace set (unicode.IsSpace), which differs from str.strip() in the margins.
 _GO_SPACE = (
     "\t\n\v\f\r \x85\xa0\u1680"
@@ -56,60 +55,6 @@ _PERMISSION_ROLES: Mapping[str, Role] = {
 }
 
 
-def _fail(reason: Reason, detail: str) -> CredentialError:
-    return CredentialError(reason, detail)
-
-
-# ------------------------------------------------------------------------ header and segments
-
-
-def parse_authorization_header(value: str) -> str:
-    """The token part of `Bearer <token>`: split on the first space, scheme case-insensitive.
-
-    No trimming, as in Temporal: `Bearer  x` yields ` x`, which then fails to parse.
-    """
-    scheme, sep, token = value.partition(" ")
-    if not sep:
-        raise _fail(Reason.BAD_TOKEN_FORMAT, "unexpected authorization token format")
-    if scheme.lower() != "bearer":
-        raise _fail(Reason.BAD_TOKEN_FORMAT, "unexpected name in authorization token")
-    return token
-
-
-def _b64url_decode(segment: str, what: str) -> bytes:
-    # RawURLEncoding: no padding, URL alphabet only (Python's decoder would skip junk).
-    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
-        raise _fail(Reason.BAD_TOKEN_FORMAT, f"token {what} is not unpadded base64url")
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):  # Go refuses numbers that overflow float64
-        raise ValueError("number out of range")
-    return value
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
-
-
-def _json_value(raw: bytes, what: str, *, trailing_ok: bool) -> Any:
-    # Go's encoding/json replaces invalid UTF-8 instead of failing.
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        if not trailing_ok:
-            return _DECODER.decode(text)
-        # The payload is read with a stream decoder: the first value counts, the rest is ignored.
-        start = len(text) - len(text.lstrip(_JSON_WS))
-        return _DECODER.raw_decode(text, start)[0]
-    except (ValueError, RecursionError) as exc:
-        raise _fail(Reason.BAD_TOKEN_FORMAT, f"token {what} is not valid JSON") from exc
-
-
 # ------------------------------------------------------------------------ claim checks
 
 
@@ -123,7 +68,7 @@ def _time_claim(payload: Mapping[str, Any], name: str) -> int | None:
         return None
     value = payload[name]
     if not _is_number(value):
-        raise _fail(Reason.INVALID_TOKEN, f"{name!r} claim is not a number")
+        raise fail(Reason.INVALID_TOKEN, f"{name!r} claim is not a number")
     if value == 0:
         return None
     seconds: int = math.floor(value)
@@ -141,33 +86,6 @@ def _audience_ok(aud: object, expected: str) -> bool:
         values = []  # missing or another type: the audience is required here, so a failure
     # `expected` is non-blank, so a missing, empty or all-empty `aud` cannot match it.
     return expected in values
-
-
-def _verify_signature(alg: str, key: object, signing_input: bytes, signature: bytes) -> None:
-    if alg == "RS256":
-        if not isinstance(key, rsa.RSAPublicKey):
-            raise _fail(Reason.UNKNOWN_KEY, "key for RS256 is not an RSA key")
-        if key.key_size < _MIN_RSA_BITS:
-            raise _fail(Reason.BAD_SIGNATURE, f"RSA key smaller than {_MIN_RSA_BITS} bits")
-        # Go requires exactly the modulus length; checked here, not left to the backend.
-        if len(signature) != (key.key_size + 7) // 8:
-            raise _fail(Reason.BAD_SIGNATURE, "signature has the wrong length")
-        try:
-            key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
-        except InvalidSignature as exc:
-            raise _fail(Reason.BAD_SIGNATURE, "signature does not verify") from exc
-        return
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise _fail(Reason.UNKNOWN_KEY, "key for ES256 is not an EC key")
-    # JWS ES256 is raw R||S, 32 bytes each; DER-encoded signatures are refused.
-    if len(signature) != 64:
-        raise _fail(Reason.BAD_SIGNATURE, "ES256 signature is not 64 bytes")
-    r = int.from_bytes(signature[:32], "big")
-    s = int.from_bytes(signature[32:], "big")
-    try:
-        key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hashes.SHA256()))
-    except (InvalidSignature, ValueError) as exc:
-        raise _fail(Reason.BAD_SIGNATURE, "signature does not verify") from exc
 
 
 # ------------------------------------------------------------------------ permissions
@@ -303,16 +221,12 @@ class DefaultJWTClaimMapper:
         cache_size: int = 10000,
         logger: Logger | None = None,
     ) -> None:
-        if cache_size < 0:
-            raise ValueError("cache_size must not be negative")
         self._keys = key_provider
         self._claim_name = permissions_claim_name
         self._regex = compile_permissions_regex(permissions_regex)
         self._clock = clock
-        self._cache_size = cache_size
         self._log: Logger = logger if logger is not None else structlog.get_logger()
-        # (token, key generation, audience) -> (claims, serve while clock() < deadline)
-        self._cache: OrderedDict[tuple[str, int, str], tuple[Claims, float]] = OrderedDict()
+        self._cache = TokenCache(cache_size)
 
     def auth_info_required(self) -> bool:
         return True
@@ -322,68 +236,54 @@ class DefaultJWTClaimMapper:
         if not header:
             # Only reachable with a client certificate and no token: empty claims, no error.
             return Claims(auth_type=AUTH_TYPE)
-        key = (header, self._keys.generation, auth_info.audience)
         now = self._clock()
-        entry = self._cache.get(key)
-        if entry is not None:
-            if now < entry[1]:
-                self._cache.move_to_end(key)
-                return entry[0]
-            del self._cache[key]
-        claims, deadline = self._verify(header, auth_info.audience, now)
-        if self._cache_size:
-            self._cache[key] = (claims, deadline)
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        claims = self._cache.lookup(header, auth_info.audience, now)
+        if claims is None:
+            verified = self._verify(header, auth_info.audience, now)
+            claims = self._cache.store(header, auth_info.audience, verified)
         return claims
 
-    def _verify(self, header: str, audience: str, now_f: float) -> tuple[Claims, float]:
-        token = parse_authorization_header(header)
-        parts = token.split(".")
-        if len(parts) != 3:
-            raise _fail(Reason.BAD_TOKEN_FORMAT, "token does not have 3 segments")
-        head = _json_value(_b64url_decode(parts[0], "header"), "header", trailing_ok=False)
-        if not isinstance(head, dict):
-            raise _fail(Reason.BAD_TOKEN_FORMAT, "token header is not a JSON object")
-        payload = _json_value(_b64url_decode(parts[1], "payload"), "payload", trailing_ok=True)
-        if payload is None:  # Go decodes `null` into an empty claims map
-            payload = {}
-        if not isinstance(payload, dict):
-            raise _fail(Reason.BAD_TOKEN_FORMAT, "token payload is not a JSON object")
-
-        alg = head.get("alg")
+    def _verify(self, header: str, audience: str, now_f: float) -> Verified:
+        generation = self._keys.generation
+        jws = decode_jws(header, JsonDialect.GO)
+        payload = jws.payload
+        alg = jws.header.get("alg")
         if not isinstance(alg, str) or alg not in _KNOWN_ALGORITHMS:
-            raise _fail(Reason.UNSUPPORTED_ALGORITHM, "signing method (alg) is unavailable")
+            raise fail(Reason.UNSUPPORTED_ALGORITHM, "signing method (alg) is unavailable")
         if alg not in SUPPORTED_ALGORITHMS:
-            raise _fail(Reason.UNSUPPORTED_ALGORITHM, f"signing method {alg} is invalid")
-        kid = head.get("kid")
+            raise fail(Reason.UNSUPPORTED_ALGORITHM, f"signing method {alg} is invalid")
+        kid = jws.header.get("kid")
         if not isinstance(kid, str):
-            raise _fail(Reason.INVALID_TOKEN, 'malformed token - no "kid" header')
+            raise fail(Reason.INVALID_TOKEN, 'malformed token - no "kid" header')
         key = self._keys.get_key(alg, kid)
 
         # The signature first: an unverified token's claims mean nothing. (golang-jwt checks
         # both and reports both; the outcome, a refusal, is the same.)
-        signature = _b64url_decode(parts[2], "signature")
-        signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
-        _verify_signature(alg, key, signing_input, signature)
+        signature = jws.signature()
+        if not key_type_fits(alg, key):
+            raise fail(Reason.UNKNOWN_KEY, f"key for {alg} is not of its key type")
+        if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
+            raise fail(Reason.BAD_SIGNATURE, f"RSA key smaller than {_MIN_RSA_BITS} bits")
+        if not signature_valid(alg, key, jws.signing_input, signature):
+            raise fail(Reason.BAD_SIGNATURE, "signature does not verify")
 
         now = math.floor(now_f)  # whole seconds, as Go's time.Now().Unix()
         exp = _time_claim(payload, "exp")
         iat = _time_claim(payload, "iat")
         nbf = _time_claim(payload, "nbf")
         if exp is not None and not now < exp:
-            raise _fail(Reason.TOKEN_EXPIRED, "token is expired")
+            raise fail(Reason.TOKEN_EXPIRED, "token is expired")
         if iat is not None and now < iat:
-            raise _fail(Reason.TOKEN_NOT_YET_VALID, "token used before issued")
+            raise fail(Reason.TOKEN_NOT_YET_VALID, "token used before issued")
         if nbf is not None and now < nbf:
-            raise _fail(Reason.TOKEN_NOT_YET_VALID, "token is not valid yet")
+            raise fail(Reason.TOKEN_NOT_YET_VALID, "token is not valid yet")
 
         if audience.strip(_GO_SPACE) and not _audience_ok(payload.get("aud"), audience):
-            raise _fail(Reason.AUDIENCE_MISMATCH, "audience mismatch")
+            raise fail(Reason.AUDIENCE_MISMATCH, "audience mismatch")
 
         subject = payload.get("sub")
         if not isinstance(subject, str):
-            raise _fail(Reason.BAD_SUBJECT, 'unexpected value type of "sub" claim')
+            raise fail(Reason.BAD_SUBJECT, 'unexpected value type of "sub" claim')
 
         system = Role.UNDEFINED
         namespaces: dict[str, Role] = {}
@@ -395,4 +295,4 @@ class DefaultJWTClaimMapper:
         )
         # exp is whole seconds: floor(now) < exp  <=>  now < exp.
         deadline = float(exp) if exp is not None else now_f + NO_EXP_CACHE_SECONDS
-        return claims, deadline
+        return Verified(claims=claims, deadline=deadline, keys=self._keys, generation=generation)
