@@ -255,7 +255,7 @@ async def test_refresh_is_all_or_nothing_across_uris(server: JwksServer, tmp_pat
 async def test_run_refreshes_periodically(server: JwksServer) -> None:
     server.body = jwks(RSA1)
     provider, _, _ = make((server.url,), refresh_interval=0.05)
-    task = asyncio.create_task(provider.run())
+    task = asyncio.create_task(provider.run())  # noqa: TID251 - the test owns and cancels it
     try:
         for _ in range(100):
             if provider.loaded:

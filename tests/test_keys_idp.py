@@ -239,7 +239,7 @@ async def test_before_the_first_load_tokens_fail_with_no_keys(idp: IdpServer) ->
 async def test_run_refreshes_periodically(idp: IdpServer) -> None:
     idp.keys = [rsa_jwk(rsa_key("k1"), "k1")]
     keys = IssuerKeys(idp.issuer, jwks_uri=idp.url + "/jwks", refresh_interval=0.05)
-    task = asyncio.create_task(IdpKeys([keys]).run())
+    task = asyncio.create_task(IdpKeys([keys]).run())  # noqa: TID251 - the test owns and cancels it
     try:
         deadline = time.monotonic() + 5
         while idp.count() < 3 and time.monotonic() < deadline:

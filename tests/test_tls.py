@@ -666,7 +666,7 @@ async def test_app_reload_loop_reloads_every_refresh_interval(pki: Pki) -> None:
 
     app = _app(TLSConfig(internode=group, refresh_interval=0.02))
     first_channel = app.pool.channel
-    task = asyncio.create_task(app._reload_loop())
+    task = asyncio.create_task(app._reload_loop())  # noqa: TID251 - the test owns and cancels it
     try:
         second = pki.ca.issue("temporal-auth-proxy-2", client=True)
         mount.update({"tls.crt": second.cert_pem, "tls.key": second.key_pem})
