@@ -349,3 +349,63 @@ def test_issuer_keys_need_a_source() -> None:
         IssuerKeys("https://a")
     with pytest.raises(ValueError):
         IssuerKeys("https://a", jwks_uri="https://a/k", discovery_uri="https://a/d")
+
+
+def running_setup(server: IdpServer) -> tuple[IssuerKeys, IdpKeys, IdpClaimMapper]:
+    # refresh_interval=0: no periodic refresh, so only a refetch can load a new key.
+    keys = IssuerKeys(
+        server.issuer, jwks_uri=server.url + "/jwks", refresh_interval=0, refetch_interval=30
+    )
+    group = IdpKeys([keys])
+    policy = IssuerPolicy(issuer=server.issuer, audiences=frozenset({"temporal"}))
+    return keys, group, IdpClaimMapper([policy], group, cache_size=0)
+
+
+async def wait_for(condition: Any, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert condition()
+
+
+async def test_a_refetch_is_a_task_of_the_running_key_sets_and_ends_with_them(
+    idp: IdpServer,
+) -> None:
+    idp.keys = [rsa_jwk(rsa_key("k1"), "k1")]
+    keys, group, mapper = running_setup(idp)
+    async with asyncio.TaskGroup() as tg:
+        runner = tg.create_task(group.run())
+        await wait_for(lambda: keys.loaded)
+        idp.delay = 1.0  # the refetch is still in flight when the key sets stop
+        idp.keys = [rsa_jwk(rsa_key("k1"), "k1"), rsa_jwk(rsa_key("k2"), "k2")]
+        caller = tg.create_task(mapper.get_claims(AuthInfo(token=token(idp.issuer, "k2"))))
+        await wait_for(lambda: idp.count() == 2)
+        refetches = [t for t in asyncio.all_tasks() if t.get_name().startswith("jwks-refetch")]
+        assert len(refetches) == 1
+        runner.cancel()
+        await asyncio.wait([runner])
+        # Nothing outlives the key sets' run(): the refetch was cancelled with it, and so was
+        # the call waiting for it (at shutdown, after the drain).
+        assert refetches[0].cancelled()
+        await asyncio.wait([caller])
+        assert caller.cancelled()
+
+
+async def test_a_caller_giving_up_does_not_cancel_the_refetch_of_running_key_sets(
+    idp: IdpServer,
+) -> None:
+    idp.keys = [rsa_jwk(rsa_key("k1"), "k1")]
+    keys, group, mapper = running_setup(idp)
+    async with asyncio.TaskGroup() as tg:
+        runner = tg.create_task(group.run())
+        await wait_for(lambda: keys.loaded)
+        idp.delay = 0.3
+        idp.keys = [rsa_jwk(rsa_key("k1"), "k1"), rsa_jwk(rsa_key("k2"), "k2")]
+        caller = tg.create_task(mapper.get_claims(AuthInfo(token=token(idp.issuer, "k2"))))
+        await wait_for(lambda: idp.count() == 2)
+        caller.cancel()
+        # The shared refetch completes for the callers that stay, and for the next token.
+        await wait_for(lambda: bool(keys.lookup("k2")))
+        claims = await mapper.get_claims(AuthInfo(token=token(idp.issuer, "k2")))
+        assert claims.subject == "svc" and idp.count() == 2
+        runner.cancel()
