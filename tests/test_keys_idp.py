@@ -351,16 +351,6 @@ def test_issuer_keys_need_a_source() -> None:
         IssuerKeys("https://a", jwks_uri="https://a/k", discovery_uri="https://a/d")
 
 
-def running_setup(server: IdpServer) -> tuple[IssuerKeys, IdpKeys, IdpClaimMapper]:
-    # refresh_interval=0: no periodic refresh, so only a refetch can load a new key.
-    keys = IssuerKeys(
-        server.issuer, jwks_uri=server.url + "/jwks", refresh_interval=0, refetch_interval=30
-    )
-    group = IdpKeys([keys])
-    policy = IssuerPolicy(issuer=server.issuer, audiences=frozenset({"temporal"}))
-    return keys, group, IdpClaimMapper([policy], group, cache_size=0)
-
-
 async def wait_for(condition: Any, seconds: float = 5.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:
@@ -368,44 +358,58 @@ async def wait_for(condition: Any, seconds: float = 5.0) -> None:
     assert condition()
 
 
+@dataclass
+class Rotation:
+    keys: IssuerKeys
+    mapper: IdpClaimMapper
+    runner: asyncio.Task[None]  # IdpKeys.run()
+    caller: asyncio.Task[Any]  # a call with the new kid, waiting for the refetch
+
+
+async def rotate_while_running(server: IdpServer, tg: asyncio.TaskGroup, delay: float) -> Rotation:
+    """Running key sets; the IdP adds k2 and a k2 token arrives; returns once the refetch is out."""
+    server.keys = [rsa_jwk(rsa_key("k1"), "k1")]
+    # refresh_interval=0: no periodic refresh, so only a refetch can load a new key.
+    keys = IssuerKeys(
+        server.issuer, jwks_uri=server.url + "/jwks", refresh_interval=0, refetch_interval=30
+    )
+    group = IdpKeys([keys])
+    policy = IssuerPolicy(issuer=server.issuer, audiences=frozenset({"temporal"}))
+    mapper = IdpClaimMapper([policy], group, cache_size=0)
+    runner = tg.create_task(group.run())
+    await wait_for(lambda: keys.loaded)
+    server.delay = delay
+    server.keys = [rsa_jwk(rsa_key("k1"), "k1"), rsa_jwk(rsa_key("k2"), "k2")]
+    caller = tg.create_task(mapper.get_claims(AuthInfo(token=token(server.issuer, "k2"))))
+    await wait_for(lambda: server.count() == 2)
+    return Rotation(keys=keys, mapper=mapper, runner=runner, caller=caller)
+
+
 async def test_a_refetch_is_a_task_of_the_running_key_sets_and_ends_with_them(
     idp: IdpServer,
 ) -> None:
-    idp.keys = [rsa_jwk(rsa_key("k1"), "k1")]
-    keys, group, mapper = running_setup(idp)
     async with asyncio.TaskGroup() as tg:
-        runner = tg.create_task(group.run())
-        await wait_for(lambda: keys.loaded)
-        idp.delay = 1.0  # the refetch is still in flight when the key sets stop
-        idp.keys = [rsa_jwk(rsa_key("k1"), "k1"), rsa_jwk(rsa_key("k2"), "k2")]
-        caller = tg.create_task(mapper.get_claims(AuthInfo(token=token(idp.issuer, "k2"))))
-        await wait_for(lambda: idp.count() == 2)
+        # The refetch is still in flight when the key sets stop.
+        r = await rotate_while_running(idp, tg, delay=1.0)
         refetches = [t for t in asyncio.all_tasks() if t.get_name().startswith("jwks-refetch")]
         assert len(refetches) == 1
-        runner.cancel()
-        await asyncio.wait([runner])
+        r.runner.cancel()
+        await asyncio.wait([r.runner])
         # Nothing outlives the key sets' run(): the refetch was cancelled with it, and so was
         # the call waiting for it (at shutdown, after the drain).
         assert refetches[0].cancelled()
-        await asyncio.wait([caller])
-        assert caller.cancelled()
+        await asyncio.wait([r.caller])
+        assert r.caller.cancelled()
 
 
 async def test_a_caller_giving_up_does_not_cancel_the_refetch_of_running_key_sets(
     idp: IdpServer,
 ) -> None:
-    idp.keys = [rsa_jwk(rsa_key("k1"), "k1")]
-    keys, group, mapper = running_setup(idp)
     async with asyncio.TaskGroup() as tg:
-        runner = tg.create_task(group.run())
-        await wait_for(lambda: keys.loaded)
-        idp.delay = 0.3
-        idp.keys = [rsa_jwk(rsa_key("k1"), "k1"), rsa_jwk(rsa_key("k2"), "k2")]
-        caller = tg.create_task(mapper.get_claims(AuthInfo(token=token(idp.issuer, "k2"))))
-        await wait_for(lambda: idp.count() == 2)
-        caller.cancel()
+        r = await rotate_while_running(idp, tg, delay=0.3)
+        r.caller.cancel()
         # The shared refetch completes for the callers that stay, and for the next token.
-        await wait_for(lambda: bool(keys.lookup("k2")))
-        claims = await mapper.get_claims(AuthInfo(token=token(idp.issuer, "k2")))
+        await wait_for(lambda: bool(r.keys.lookup("k2")))
+        claims = await r.mapper.get_claims(AuthInfo(token=token(idp.issuer, "k2")))
         assert claims.subject == "svc" and idp.count() == 2
-        runner.cancel()
+        r.runner.cancel()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import json
 import time
 import urllib.error
 import urllib.parse
@@ -89,6 +90,17 @@ def fetch_blocking(uri: str, timeout: float, opener: urllib.request.OpenerDirect
             return _read_limited(resp)
     except urllib.error.HTTPError as exc:
         raise KeySourceError(f"HTTP status {exc.code}") from exc
+
+
+def json_document(document: bytes | str, what: str = "document") -> dict[str, Any]:
+    """A fetched (or configured) document that must be one JSON object."""
+    try:
+        doc = json.loads(document)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise KeySourceError(f"{what} is not valid JSON") from exc
+    if not isinstance(doc, dict):
+        raise KeySourceError(f"{what} is not a JSON object")
+    return doc
 
 
 def describe(exc: BaseException) -> str:

@@ -8,7 +8,6 @@ PEM/JWKS keys for air-gapped clusters, and the last good set kept through an out
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from proxy.errors import KeySourceError
 from proxy.interfaces import Logger, TaskSpawner
-from proxy.keys.fetch import RefreshedSource, check_uri, redact_uri
+from proxy.keys.fetch import RefreshedSource, check_uri, json_document, redact_uri
 from proxy.keys.jwk import check_x5, parse_ec, parse_okp, parse_rsa, short
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
@@ -67,14 +66,11 @@ def parse_idp_jwks(
     error, so a broken answer never replaces a good set.
     """
     log = logger if logger is not None else structlog.get_logger()
-    try:
-        doc = json.loads(document)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise KeySourceError("document is not valid JSON") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+    keys = json_document(document).get("keys")
+    if not isinstance(keys, list):
         raise KeySourceError("document is not a JWKS ({'keys': [...]})")
     out: list[VerificationKey] = []
-    for index, jwk in enumerate(doc["keys"]):
+    for index, jwk in enumerate(keys):
         kid: object = None
         try:
             if not isinstance(jwk, dict):
@@ -102,12 +98,7 @@ def parse_idp_jwks(
 
 def parse_discovery(document: bytes, issuer: str) -> str:
     """`jwks_uri` from an OpenID Provider configuration whose `issuer` must be ours exactly."""
-    try:
-        doc = json.loads(document)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise KeySourceError("discovery document is not valid JSON") from exc
-    if not isinstance(doc, dict):
-        raise KeySourceError("discovery document is not a JSON object")
+    doc = json_document(document, "discovery document")
     if doc.get("issuer") != issuer:
         # OpenID Connect Discovery §4.3: a mismatch means the document must not be used.
         raise KeySourceError("discovery document names a different issuer")

@@ -8,7 +8,6 @@ HTTP answer is a failed fetch, and until a set was ever loaded every lookup fail
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from proxy.errors import CredentialError, KeySourceError
 from proxy.interfaces import Logger
-from proxy.keys.fetch import RefreshedSource, check_uri, redact_uri
+from proxy.keys.fetch import RefreshedSource, check_uri, json_document, redact_uri
 from proxy.keys.jwk import b64url_member, check_x5, parse_ec, parse_rsa, short
 from proxy.model import Reason
 
@@ -62,13 +61,7 @@ def parse_jwks(document: bytes | str, logger: Logger | None = None) -> KeySet:
     document, as in Temporal.
     """
     log = logger if logger is not None else structlog.get_logger()
-    try:
-        doc = json.loads(document)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise KeySourceError("document is not valid JSON") from exc
-    if not isinstance(doc, dict):
-        raise KeySourceError("document is not a JSON object")
-    keys = doc.get("keys")
+    keys = json_document(document).get("keys")
     # `{}` is an empty (but valid) key set in Temporal: it replaces the keys.
     if keys is None:
         keys = []
