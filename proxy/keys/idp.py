@@ -184,7 +184,7 @@ class IssuerKeys(RefreshedSource[tuple[VerificationKey, ...]]):
         return bool(self._jwks_uri or self._discovery_uri)
 
     @property
-    def refetches(self) -> bool:
+    def can_refetch(self) -> bool:
         """Whether an unknown kid can trigger a refetch (so `run` keeps a TaskGroup for it)."""
         return self.remote and self._refetch_interval > 0
 
@@ -358,7 +358,7 @@ class IdpKeys:
                 for issuer in self._issuers.values():
                     issuer.attach(tg)
                     tg.create_task(issuer.run(), name=f"jwks {redact_uri(issuer.issuer)}")
-                if any(i.refetches for i in self._issuers.values()):
+                if any(i.can_refetch for i in self._issuers.values()):
                     # Refetches need the group even when no issuer refreshes periodically.
                     await asyncio.Event().wait()
         finally:
