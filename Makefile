@@ -4,14 +4,20 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CERTS  := certs-dev
+LOCK   := constraints.txt
 
-.PHONY: run test lint typecheck unit e2e protos bench clean venv certs
+.PHONY: run test lint typecheck unit e2e protos bench clean venv certs lock
 
-$(STAMP): pyproject.toml
+# Installs take exact versions from the lock (what CI tested); `make lock` updates it.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,worker]'
+	$(BIN)/pip install --quiet --upgrade -c $(LOCK) pip
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test,worker]'
 	touch $(STAMP)
+
+## make lock: re-pin constraints.txt after editing dependencies in pyproject.toml (~20 s)
+lock:
+	$(PYTHON) tools/lock.py
 
 venv: $(STAMP)
 
@@ -45,7 +51,7 @@ protos: $(STAMP)
 
 ## make bench: direct vs this proxy (full, noop, 2 workers) vs nginx vs a bare grpc.aio relay
 bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[bench]'
 	$(BIN)/python bench/run.py
 
 clean:
