@@ -207,8 +207,8 @@ def test_metrics_registry_sums_every_worker_process(tmp_path: Path) -> None:
     assert value(merged, P + "inflight_requests") == 2  # calls in flight: the sum
     assert value(merged, P + "jwks_keys") == 4  # keys loaded: the largest set
     assert value(merged, P + "jwks_last_success_timestamp_seconds") == 1004.0  # the latest
-    expiry = P + "certificate_expiry_timestamp_seconds"
-    assert value(merged, expiry, cert="frontend") == 1500.0  # the earliest expiry
+    earliest = value(merged, P + "certificate_expiry_timestamp_seconds", cert="frontend")
+    assert earliest == 1500.0  # certificate expiry: the earliest
     # What /metrics serves is the sum, in the exposition format.
     text = generate_latest(merged).decode()
     assert f'{P}requests_total{{code="OK",method="{START}"}} 7.0' in text
