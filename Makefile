@@ -6,14 +6,20 @@ STAMP  := $(VENV)/.installed
 CERTS  := certs-dev
 TS_DIR := tests/e2e/ts
 TS_STAMP := $(TS_DIR)/node_modules/.installed
+LOCK   := constraints.txt
 
-.PHONY: run test lint typecheck unit e2e protos bench clean venv certs ts-sdk
+.PHONY: run test lint typecheck unit e2e protos bench clean venv certs ts-sdk lock
 
-$(STAMP): pyproject.toml
+# Installs take exact versions from the lock (what CI tested); `make lock` updates it.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,worker]'
+	$(BIN)/pip install --quiet --upgrade -c $(LOCK) pip
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test,worker]'
 	touch $(STAMP)
+
+## make lock: re-pin constraints.txt after editing dependencies in pyproject.toml (~20 s)
+lock:
+	$(PYTHON) tools/lock.py
 
 venv: $(STAMP)
 
@@ -62,7 +68,7 @@ protos: $(STAMP)
 
 ## make bench: direct vs this proxy (full, noop, 2 workers) vs nginx vs a bare grpc.aio relay
 bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[bench]'
 	$(BIN)/python bench/run.py
 
 clean:

@@ -216,7 +216,9 @@ def test_dockerfile_contract() -> None:
     assert base and re.fullmatch(r"python:3\.\d+(\.\d+)?-slim(-\w+)?", base.group(1))
     final = text[text.rindex("\nFROM ") :]
     code = "\n".join(ln for ln in final.splitlines() if not ln.lstrip().startswith("#"))
-    assert "pip wheel" in text[: text.rindex("\nFROM ")]
+    builder = text[: text.rindex("\nFROM ")]
+    # Reproducible: the builder takes every version from the lock, resolves none itself.
+    assert re.search(r"^RUN pip wheel .*(--constraint|-c) constraints\.txt", builder, re.MULTILINE)
     for compiler in ("build-essential", "gcc", "apt-get install"):
         assert compiler not in code, f"{compiler} in the final stage"
     user = re.findall(r"^USER\s+(\S+)", final, re.MULTILINE)
@@ -232,7 +234,7 @@ def test_dockerfile_contract() -> None:
     healthcheck = final[final.index("HEALTHCHECK") :]
     assert "http://127.0.0.1:9090/healthz" in healthcheck.split("\n\n")[0]
     assert "curl" not in code and "wget" not in code
-    for path in ("pyproject.toml", "README.md", "proxy/"):
+    for path in ("pyproject.toml", "README.md", "constraints.txt", "proxy/"):
         assert re.search(rf"^COPY .*{re.escape(path)}", text, re.MULTILINE), path
 
 
