@@ -294,3 +294,4 @@ def test_unbounded_admin_and_log_limits_are_refused(
     with pytest.raises(ConfigError) as err:
         parse_config(minimal(**{section: raw}))
     assert err.value.path == path
+    assert "unknown key" not in str(err.value)
