@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.admin import AdminLimits, AdminMetrics, GuardedSite, build_admin_app, raise_file_limit
+from proxy.devpki import CertificateAuthority
 
 LIMITS = AdminLimits(max_connections=3, header_timeout=1.0, body_timeout=1.0, idle_timeout=1.0)
 
@@ -40,6 +44,25 @@ class Admin:
 
 @pytest.fixture
 async def admin() -> AsyncIterator[Admin]:
+    async with _admin(None) as a:
+        yield a
+
+
+@pytest.fixture
+async def tls_admin(tmp_path: Path) -> AsyncIterator[tuple[Admin, ssl.SSLContext]]:
+    ca = CertificateAuthority.create("admin test CA")
+    cert_path, key_path = ca.issue(
+        "admin.test", dns_names=("admin.test",), ip_addresses=("127.0.0.1",), server=True
+    ).write(tmp_path, "admin")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert_path, key_path)
+    client_ctx = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    async with _admin(server_ctx) as a:
+        yield a, client_ctx
+
+
+@contextlib.asynccontextmanager
+async def _admin(ssl_context: ssl.SSLContext | None) -> AsyncIterator[Admin]:
     registry = CollectorRegistry()
     app = build_admin_app(
         registry=registry, readiness=_ready, extra_routes=[web.post("/echo", _echo)]
@@ -53,6 +76,7 @@ async def admin() -> AsyncIterator[Admin]:
         limits=LIMITS,
         metrics=AdminMetrics(registry),
         logger=None,
+        ssl_context=ssl_context,
     )
     await site.start()
     try:
@@ -65,8 +89,9 @@ async def _closed_after(reader: asyncio.StreamReader, limit: float) -> float:
     """Seconds until the server closes the connection (reads and discards any answer)."""
     started = time.monotonic()
     async with asyncio.timeout(limit):
-        while await reader.read(65536):
-            pass
+        with contextlib.suppress(ConnectionResetError):  # a reset is a close too
+            while await reader.read(65536):
+                pass
     return time.monotonic() - started
 
 
@@ -126,6 +151,37 @@ async def test_connections_over_the_cap_are_closed_at_once(admin: Admin) -> None
     reader, writer = await admin.open()
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     assert (await asyncio.wait_for(reader.readline(), 2)).startswith(b"HTTP/1.1 200")
+
+
+async def test_tls_handshake_that_never_comes_is_closed_and_its_slot_freed(
+    tls_admin: tuple[Admin, ssl.SSLContext],
+) -> None:
+    admin, client_ctx = tls_admin
+    reader, _ = await admin.open()  # TCP only: no ClientHello
+    elapsed = await _closed_after(reader, 5)
+    assert 0.9 <= elapsed < 2.5, elapsed
+    assert admin.closed("handshake_failed") == 1
+    assert admin.registry.get_sample_value("temporal_auth_proxy_admin_connections") == 0
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", admin.site.bound_port, ssl=client_ctx, server_hostname="admin.test"
+    )
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readline(), 2)).startswith(b"HTTP/1.1 200")
+    writer.close()
+
+
+async def test_over_the_cap_a_socket_is_closed_before_any_tls(
+    tls_admin: tuple[Admin, ssl.SSLContext],
+) -> None:
+    admin, _ = tls_admin
+    held = [await admin.open() for _ in range(LIMITS.max_connections)]  # all in handshake
+    await asyncio.sleep(0.1)
+    reader, writer = await admin.open()
+    writer.write(b"\x16\x03\x01\x00\x05hello")  # the start of a ClientHello
+    assert await _closed_after(reader, 0.5) < 0.5
+    assert admin.closed("over_limit") == 1
+    for _, w in held:
+        w.close()
 
 
 def test_raise_file_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
