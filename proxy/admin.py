@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import resource
 import socket
 import ssl
@@ -86,6 +87,7 @@ CLOSE_REASONS = (
     "write_timeout",
 )
 ACCEPT_RETRY_SECONDS = 0.5  # after EMFILE and the like, as asyncio's own accept loop does
+_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -327,8 +329,10 @@ class GuardedSite(web.BaseSite):
             try:
                 conn, _ = await loop.sock_accept(sock)
             except OSError as exc:
-                # EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the repeat filter
-                # turns a storm of these into one line per interval.
+                if exc.errno not in _RESOURCE_ERRORS:
+                    continue  # that one connection went away before we took it
+                # Out of descriptors or memory: back off instead of spinning; the repeat
+                # filter turns a storm of these into one line per interval.
                 self._log.error("admin_accept_failed", error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(ACCEPT_RETRY_SECONDS)
                 continue
