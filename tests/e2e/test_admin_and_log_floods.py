@@ -87,11 +87,15 @@ ATTACKER = r"""
 import resource, select, socket, sys, time
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # its own limit, as far as allowed
-port, count = int(sys.argv[1]), int(sys.argv[2])
-held, deadline = [], time.monotonic() + 25
+port, count, source = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+held, deadline = [], time.monotonic() + 30
 while len(held) < count and time.monotonic() < deadline:
     s = socket.socket()
     s.setblocking(False)
+    # A source address per process, its port picked at connect: the kernel's search for a
+    # free port stays short with 10,000 connections.
+    s.setsockopt(socket.IPPROTO_IP, 24, 1)  # IP_BIND_ADDRESS_NO_PORT
+    s.bind((source, 0))
     s.connect_ex(("127.0.0.1", port))  # and then nothing, ever
     held.append(s)
 print(len(held), flush=True)
@@ -104,12 +108,19 @@ def idle_sockets(port: int, count: int, processes: int = 2) -> Iterator[int]:
     """`count` idle connections to `port`; yields how many were opened."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", ATTACKER, str(port), str(count // processes)],
+            [
+                sys.executable,
+                "-c",
+                ATTACKER,
+                str(port),
+                str(count // processes),
+                f"127.0.0.{i + 2}",
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
-        for _ in range(processes)
+        for i in range(processes)
     ]
     try:
         opened = 0
