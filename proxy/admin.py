@@ -224,6 +224,10 @@ class _GuardedProtocol(asyncio.Protocol):
         self.release()
         self._inner.connection_lost(exc)
 
+    @property
+    def established(self) -> bool:
+        return self._transport is not None
+
     def release(self) -> None:
         if not self._released:
             self._released = True
@@ -365,19 +369,16 @@ class GuardedSite(web.BaseSite):
                     self._limits.header_timeout if self._ssl_context is not None else None
                 ),
             )
-        except asyncio.CancelledError:
+        except BaseException as exc:
+            # A failed or timed-out TLS handshake (or shutdown): our protocol never saw
+            # connection_made, so the slot is freed here rather than in connection_lost.
             conn.close()
-            if protocol is None or protocol._transport is None:
+            if protocol is None:
                 self._slots.give()
-            raise
-        except Exception:
-            # A failed or timed-out TLS handshake: asyncio closed the socket, and our
-            # protocol never saw connection_made, so its slot is freed here.
-            conn.close()
-            if protocol is not None and protocol._transport is None:
+            elif not protocol.established:
                 protocol.release()
-            elif protocol is None:
-                self._slots.give()
+            if not isinstance(exc, Exception):
+                raise
             self._metrics.closed["handshake_failed"].inc()
 
 

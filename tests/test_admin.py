@@ -170,6 +170,19 @@ async def test_tls_handshake_that_never_comes_is_closed_and_its_slot_freed(
     writer.close()
 
 
+async def test_slow_body_over_tls_is_closed_at_the_body_timeout(
+    tls_admin: tuple[Admin, ssl.SSLContext],
+) -> None:
+    admin, client_ctx = tls_admin
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", admin.site.bound_port, ssl=client_ctx, server_hostname="admin.test"
+    )
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
+    elapsed = await _closed_after(reader, 5)
+    assert 0.9 <= elapsed < 2.5, elapsed
+    assert admin.closed("body_timeout") == 1
+
+
 async def test_over_the_cap_a_socket_is_closed_before_any_tls(
     tls_admin: tuple[Admin, ssl.SSLContext],
 ) -> None:
