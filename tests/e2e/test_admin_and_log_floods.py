@@ -49,8 +49,12 @@ def open_fds(pid: int) -> int:
 # ------------------------------------------------------------------------------ slowloris
 
 
+# The rig lifts the log repeat limit for other tests; these run with the defaults.
+DEFAULT_LOG = {"log": {"repeatBurst": 10, "repeatInterval": "10s", "maxValueLength": 1024}}
+
+
 def test_request_head_sent_byte_by_byte_is_closed_within_30s(start_proxy: ProxyFactory) -> None:
-    proxy = start_proxy()  # default admin timeouts
+    proxy = start_proxy(DEFAULT_LOG)  # default admin timeouts
     s = socket.create_connection((LOOPBACK, proxy.admin_port), timeout=5)
     head = b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 10_000
     started = time.monotonic()
@@ -159,7 +163,7 @@ class GoodClient(threading.Thread):
 
 
 def test_20000_idle_admin_sockets_do_not_starve_grpc(start_proxy: ProxyFactory, pki: Pki) -> None:
-    proxy = start_proxy()
+    proxy = start_proxy(DEFAULT_LOG)
     pid = proxy.proc.pid
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (PROXY_FILE_LIMIT, PROXY_FILE_LIMIT))
     log_before = proxy.log_path.stat().st_size
@@ -223,6 +227,7 @@ def test_oversized_denials_keep_the_log_small_and_the_genuine_audit_record(
     audit_path = tmp_path / "audit.jsonl"
     proxy: ProxyProcess = start_proxy(
         {
+            **DEFAULT_LOG,
             "authorization": jwt_authorization(pki),
             "listen": {"maxMessageSize": 8 * 1024 * 1024},
             # Far smaller than the default 100 MiB x 6 files: without the guards, 1,000
