@@ -283,7 +283,10 @@ class GuardedSite(web.BaseSite):
         self._accepting: asyncio.Task[None] | None = None
         self._serving: set[asyncio.Task[None]] = set()
         self._slots = _Slots(limits.max_connections, metrics)
-        holder = runner.app[_SLOTS_HOLDER]
+        holder = runner.app.get(_SLOTS_HOLDER)
+        if holder is None:
+            # Without guard_middleware a finished head would never stop its deadline.
+            raise ValueError("GuardedSite serves only apps made by build_admin_app")
         holder[:] = [self._slots]
         self.bound_port = 0
 
