@@ -283,3 +283,23 @@ def test_oversized_denials_keep_the_log_small_and_the_genuine_audit_record(
     assert any(e.get("suppressed_event") == "authz_denied" and e["count"] > 900 for e in summaries)
     denied_lines = [e for e in proxy.events() if e.get("event") == "authz_denied"]
     assert all(len(e.get("namespace", "")) < 1100 for e in denied_lines)
+
+
+def test_soft_file_limit_is_raised_and_an_admin_cap_too_big_for_it_is_reported(
+    start_proxy: ProxyFactory,
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # The proxy starts with a low soft limit, as under many init systems (it inherits ours).
+    low = min(max(1024, open_fds(os.getpid()) + 512), hard - 1)  # room for this test's own
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        proxy = start_proxy({"admin": {"maxConnections": hard}})
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    limits = Path(f"/proc/{proxy.proc.pid}/limits").read_text()
+    line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+    assert line.split()[3:5] == [str(hard), str(hard)], line
+    (listening,) = [e for e in proxy.events() if e.get("event") == "admin_listening"]
+    assert listening["file_limit"] == hard
+    (low,) = [e for e in proxy.events() if e.get("event") == "file_limit_low"]
+    assert low["admin_max_connections"] == hard
