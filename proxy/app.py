@@ -16,7 +16,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy import methods
-from proxy.admin import build_admin_app, metrics_registry
+from proxy.admin import (
+    AdminLimits,
+    AdminMetrics,
+    GuardedSite,
+    build_admin_app,
+    metrics_registry,
+    raise_file_limit,
+)
 from proxy.audit import AuditLog
 from proxy.authz import DefaultAuthorizer, NoopAuthorizer
 from proxy.claims import DefaultJWTClaimMapper, NoopClaimMapper
@@ -220,19 +227,46 @@ class App:
 
     async def start_admin(self) -> web.AppRunner:
         assert self.admin is not None
-        runner = web.AppRunner(self.admin, access_log=None, handle_signals=False)
+        a = self.cfg.admin
+        soft, hard = raise_file_limit()
+        # Leave most descriptors to gRPC: the admin cap should be a small share of the limit.
+        if a.max_connections > soft // 4:
+            self.log.warning(
+                "file_limit_low", soft=soft, hard=hard, admin_max_connections=a.max_connections
+            )
+        runner = web.AppRunner(
+            self.admin, access_log=None, handle_signals=False, keepalive_timeout=a.idle_timeout
+        )
         await runner.setup()
-        host, port = _split_address(self.cfg.admin.address)
+        host, port = _split_address(a.address)
         ssl_ctx = None
-        tls = self.cfg.admin.tls
+        tls = a.tls
         if tls.enabled:
             ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_ctx.load_cert_chain(tls.cert_file, tls.key_file)
-        site = web.TCPSite(
-            runner, host, port, ssl_context=ssl_ctx, reuse_port=self.cfg.listen.workers != 1
+        site = GuardedSite(
+            runner,
+            host,
+            port,
+            limits=AdminLimits(
+                max_connections=a.max_connections,
+                header_timeout=a.header_timeout,
+                body_timeout=a.body_timeout,
+                idle_timeout=a.idle_timeout,
+            ),
+            metrics=AdminMetrics(self.registry),
+            logger=self.log,
+            ssl_context=ssl_ctx,
+            reuse_port=self.cfg.listen.workers != 1,
         )
         await site.start()
-        self.log.info("admin_listening", address=self.cfg.admin.address, tls=ssl_ctx is not None)
+        self.log.info(
+            "admin_listening",
+            address=a.address,
+            tls=ssl_ctx is not None,
+            max_connections=a.max_connections,
+            file_limit=soft,
+        )
         return runner
 
     async def drain(self) -> None:

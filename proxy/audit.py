@@ -1,21 +1,27 @@
 """The audit trail: one JSON line per decided call, to stdout or a size-rotated file.
 
 Denials are always recorded; allowed calls per `audit.allowed` (all, writes, none). Records
-carry identities, never credentials.
+carry identities, never credentials. Two guards keep a hostile caller from rotating earlier
+records out of the file: every string in a record is cut to `audit.maxValueLength`, and
+identical denials (same identity, method and reason) beyond `audit.repeatBurst` per
+`audit.repeatInterval` are folded into one record carrying `suppressed: N`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import logging.handlers
 import sys
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 from proxy.config import AuditConfig
 from proxy.errors import MalformedRequestError
+from proxy.log import truncate
 from proxy.model import Access, Claims, MethodInfo, PeerIdentity
 from proxy.protowalk import iter_fields
 from proxy.wire import extract_namespace
@@ -94,36 +100,86 @@ class AuditRecord:
     upstream_status: str
     duration_seconds: float
 
-    def to_json(self, now: float) -> str:
+    def to_json(self, now: float, max_value_length: int = 1024, suppressed: int = 0) -> str:
+        """One JSON line; every string cut to `max_value_length` characters (with a marker)."""
+
+        def cut(text: str) -> str:
+            return truncate(text, max_value_length)
+
         body: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
             + f".{int(now % 1 * 1e6):06d}Z",
-            "subject": self.subject,
-            "auth_type": self.auth_type,
+            "subject": cut(self.subject),
+            "auth_type": cut(self.auth_type),
             "certificate": (
                 {
-                    "subject": self.peer.subject,
-                    "spiffe_id": self.peer.spiffe_id,
-                    "dns_names": list(self.peer.dns_names),
+                    "subject": cut(self.peer.subject),
+                    "spiffe_id": cut(self.peer.spiffe_id),
+                    "dns_names": [cut(n) for n in self.peer.dns_names[:MAX_DNS_NAMES]],
                 }
                 if self.peer is not None
                 else None
             ),
-            "method": self.method,
-            "namespace": self.namespace,
-            "workflow_id": self.workflow_id,
-            "decision": self.decision,
-            "reason": self.reason,
-            "mode": self.mode,
-            "upstream_status": self.upstream_status,
+            "method": cut(self.method),
+            "namespace": cut(self.namespace),
+            "workflow_id": cut(self.workflow_id),
+            "decision": cut(self.decision),
+            "reason": cut(self.reason),
+            "mode": cut(self.mode),
+            "upstream_status": cut(self.upstream_status),
             "duration_ms": round(self.duration_seconds * 1000, 3),
         }
+        if suppressed:
+            # This record stands for `suppressed` denials with its identity, method and reason
+            # since the previous record of that kind; namespace etc. are the last one's.
+            body["suppressed"] = suppressed
         return json.dumps(body, separators=(",", ":"))
+
+    def repeat_key(self) -> tuple[str, ...]:
+        """What makes two denials "the same" for the flood guard: who, what, why. Not the
+        namespace or workflow id, which any caller can vary freely."""
+        peer = self.peer
+        return (
+            self.subject[:512],
+            self.auth_type,
+            peer.subject[:512] if peer is not None else "",
+            peer.spiffe_id[:512] if peer is not None else "",
+            self.method[:256],
+            self.reason,
+            self.mode,
+        )
+
+
+MAX_DNS_NAMES = 32  # certificate SANs listed in a record
+
+
+class _Repeats:
+    __slots__ = ("count", "last", "start", "suppressed", "timer")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.count = 1
+        self.suppressed = 0
+        self.last: AuditRecord | None = None
+        self.timer = False
 
 
 class AuditLog:
-    def __init__(self, cfg: AuditConfig, stream: TextIO | None = None) -> None:
+    MAX_KEYS = 10_000  # identities tracked by the flood guard (oldest dropped first)
+
+    def __init__(
+        self,
+        cfg: AuditConfig,
+        stream: TextIO | None = None,
+        *,
+        clock: Any = time.monotonic,
+    ) -> None:
         self._allowed = cfg.allowed
+        self._limit = cfg.max_value_length
+        self._interval = cfg.repeat_interval
+        self._burst = cfg.repeat_burst
+        self._clock = clock
+        self._repeats: OrderedDict[tuple[str, ...], _Repeats] = OrderedDict()
         self._logger = logging.Logger("temporal_auth_proxy.audit")  # private, not the root tree
         handler: logging.Handler
         if cfg.sink == "file":
@@ -142,9 +198,62 @@ class AuditLog:
         return self._allowed == "writes" and method.access is not Access.READ
 
     def write(self, record: AuditRecord) -> None:
-        self._logger.info(record.to_json(time.time()))
+        if record.decision == "deny" and self._interval > 0 and not self._admit(record):
+            return
+        self._emit(record)
+
+    def _emit(self, record: AuditRecord, suppressed: int = 0) -> None:
+        self._logger.info(record.to_json(time.time(), self._limit, suppressed))
+
+    def _admit(self, record: AuditRecord) -> bool:
+        """Flood guard for denials: False when the record is folded into a later summary."""
+        key = record.repeat_key()
+        now = self._clock()
+        r = self._repeats.get(key)
+        if r is None or now - r.start >= self._interval:
+            if r is not None and r.suppressed and r.last is not None:
+                self._emit(r.last, r.suppressed)  # a window that no timer closed
+            self._repeats[key] = _Repeats(now)
+            self._repeats.move_to_end(key)
+            if len(self._repeats) > self.MAX_KEYS:
+                _, old = self._repeats.popitem(last=False)
+                if old.suppressed and old.last is not None:
+                    self._emit(old.last, old.suppressed)
+            return True
+        r.count += 1
+        if r.count <= self._burst:
+            return True
+        r.suppressed += 1
+        # Keep the last one as the summary's example, cut so that held memory stays small.
+        r.last = replace(
+            record,
+            namespace=truncate(record.namespace, self._limit),
+            workflow_id=truncate(record.workflow_id, self._limit),
+        )
+        if not r.timer:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # off the loop: the next window's first record writes the summary
+            else:
+                r.timer = True
+                loop.call_later(max(0.0, r.start + self._interval - now), self._flush, key)
+        return False
+
+    def _flush(self, key: tuple[str, ...]) -> None:
+        r = self._repeats.get(key)
+        if r is None:
+            return
+        r.timer = False
+        if r.suppressed and r.last is not None:
+            self._emit(r.last, r.suppressed)
+            r.suppressed, r.last = 0, None
 
     def close(self) -> None:
+        for r in self._repeats.values():
+            if r.suppressed and r.last is not None:
+                self._emit(r.last, r.suppressed)
+                r.suppressed, r.last = 0, None
         self._handler.close()
 
 

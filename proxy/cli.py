@@ -85,7 +85,7 @@ async def _serve_one(cfg: Config) -> int:
 def worker_main(config_path: str, slot: int) -> None:
     """Entry point of one spawned worker process."""
     cfg = load_config(config_path)
-    logmod.configure(cfg.log.format, cfg.log.level)
+    logmod.configure_from(cfg.log)
     logmod.get_logger().info("worker_ready", slot=slot)
     raise SystemExit(asyncio.run(_serve_one(cfg)))
 
@@ -94,7 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_CONFIG
-    logmod.configure(cfg.log.format, cfg.log.level)
+    logmod.configure_from(cfg.log)
     from proxy.workers import Supervisor, prepare_metrics_dir, resolve_workers
 
     count = resolve_workers(cfg.listen.workers)

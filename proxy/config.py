@@ -226,6 +226,15 @@ class AdminTLSConfig:
 class AdminConfig:
     address: str = "0.0.0.0:9090"
     tls: AdminTLSConfig = field(default_factory=AdminTLSConfig)
+    # Connections held at once (TLS handshakes included); more are accepted and closed at once,
+    # so idle sockets on this port cannot take the file descriptors gRPC needs.
+    max_connections: int = 256
+    # TLS handshake, and a request head from its first byte, must finish within this.
+    header_timeout: float = field(default=10.0, metadata=_kind("duration"))
+    # A request body must arrive completely within this once its head is in.
+    body_timeout: float = field(default=30.0, metadata=_kind("duration"))
+    # No request started (after connect or a response), or a reply the client stops reading.
+    idle_timeout: float = field(default=30.0, metadata=_kind("duration"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -237,6 +246,12 @@ class MetricsConfig:
 class LogConfig:
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
+    # Every string value in a line is cut to this many characters (with a marker).
+    max_value_length: int = 1024
+    # More than `repeatBurst` lines with the same (level, event, reason) per `repeatInterval`
+    # are dropped and summarized in one `log_suppressed` line with a count. 0s: no limit.
+    repeat_interval: float = field(default=10.0, metadata=_kind("duration"))
+    repeat_burst: int = 10
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -247,6 +262,12 @@ class AuditConfig:
     max_bytes: int = 100 * 1024 * 1024  # rotate the file at this size
     backups: int = 5
     allowed: Literal["all", "writes", "none"] = "all"  # which allowed calls get a record
+    max_value_length: int = 1024  # every caller string in a record is cut to this (with a marker)
+    # Denials with the same identity, method and reason beyond `repeatBurst` per
+    # `repeatInterval` become one summary record with a count, so a flood cannot rotate
+    # earlier records out of the file. 0s: no limit.
+    repeat_interval: float = field(default=10.0, metadata=_kind("duration"))
+    repeat_burst: int = 10
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -594,6 +615,27 @@ def _validate(cfg: Config) -> None:
     _validate_identity(cfg)
     if cfg.admin.tls.enabled and not (cfg.admin.tls.cert_file and cfg.admin.tls.key_file):
         raise ConfigError("admin.tls", "needs both certFile and keyFile")
+    if cfg.admin.max_connections < 1:
+        raise ConfigError("admin.maxConnections", "must be at least 1")
+    for key, seconds in (
+        ("admin.headerTimeout", cfg.admin.header_timeout),
+        ("admin.bodyTimeout", cfg.admin.body_timeout),
+        ("admin.idleTimeout", cfg.admin.idle_timeout),
+    ):
+        if seconds <= 0:
+            raise ConfigError(key, "must be positive (an unbounded admin timeout is a DoS hole)")
+    for key, length in (
+        ("log.maxValueLength", cfg.log.max_value_length),
+        ("audit.maxValueLength", cfg.audit.max_value_length),
+    ):
+        if length < 64:
+            raise ConfigError(key, "must be at least 64")
+    for key, burst in (
+        ("log.repeatBurst", cfg.log.repeat_burst),
+        ("audit.repeatBurst", cfg.audit.repeat_burst),
+    ):
+        if burst < 1:
+            raise ConfigError(key, "must be at least 1")
     if cfg.audit.enabled and cfg.audit.sink == "file" and not cfg.audit.path:
         raise ConfigError("audit.path", "is required when audit.sink is file")
     if cfg.rate_limits.max_buckets < 3:

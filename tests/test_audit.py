@@ -363,3 +363,90 @@ def test_config_errors(audit: dict[str, Any], where: str) -> None:
     with pytest.raises(ConfigError) as exc:
         _audit_config(audit)
     assert where in str(exc.value)
+
+
+# ------------------------------------------------------------ hostile callers vs the audit file
+
+BIG = "n" * (8 * 1024 * 1024)
+
+
+def test_every_caller_string_in_a_record_is_cut_with_a_marker() -> None:
+    peer = PeerIdentity(subject="CN=" + BIG, dns_names=tuple(f"d{i}" for i in range(500)))
+    line = record(
+        subject=BIG, namespace=BIG, workflow_id=BIG, method=BIG, peer=peer, reason="r"
+    ).to_json(0.0, max_value_length=1024)
+    body = json.loads(line)
+    for key in ("subject", "namespace", "workflow_id", "method"):
+        assert body[key].startswith("n" * 1024)
+        assert body[key].endswith(f"[truncated {len(BIG) - 1024} chars]")
+    assert len(body["certificate"]["dns_names"]) == 32
+    assert len(line) < 8 * 1024
+
+
+def test_a_thousand_8_mib_denials_keep_an_earlier_denial_in_the_file_at_defaults(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    cfg = AuditConfig(enabled=True, sink="file", path=str(path))  # default size and repeats
+    log = AuditLog(cfg)
+    deny = {
+        "decision": "deny",
+        "reason": "insufficient_role",
+        "upstream_status": "PERMISSION_DENIED",
+    }
+    log.write(record(subject="genuine", namespace="payments", **deny))
+    for i in range(1000):
+        log.write(record(subject="mallory", namespace=f"{i}{BIG}", **deny))
+        # Checked as it goes: each line is bounded, whatever the caller sent.
+        assert path.stat().st_size < 64 * 1024, i
+    log.close()
+    lines = [json.loads(line) for p in sorted(tmp_path.iterdir()) for line in p.open()]
+    assert lines[0]["subject"] == "genuine"
+    # The burst is written, the rest folded into one summary record with its count.
+    mallory = [line for line in lines if line["subject"] == "mallory"]
+    assert len(mallory) == cfg.repeat_burst + 1
+    assert mallory[-1]["suppressed"] == 1000 - cfg.repeat_burst
+
+
+def test_denial_repeats_are_per_identity_and_reason_and_allowed_calls_are_never_folded() -> None:
+    out = io.StringIO()
+    clock = [0.0]
+    log = AuditLog(
+        AuditConfig(enabled=True, repeat_burst=2, repeat_interval=10.0),
+        stream=out,
+        clock=lambda: clock[0],
+    )
+    deny = {"decision": "deny", "upstream_status": "PERMISSION_DENIED"}
+    for i in range(5):
+        log.write(record(subject="a", reason="insufficient_role", namespace=f"ns{i}", **deny))
+        log.write(record(subject="b", reason="insufficient_role", **deny))
+        log.write(record(subject="a", reason="no_credentials", **deny))
+        log.write(record(subject="a"))  # allowed
+    clock[0] = 11.0  # a new window: its first record brings the previous count first
+    log.write(record(subject="a", reason="insufficient_role", namespace="late", **deny))
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert sum(1 for line in lines if line["decision"] == "allow") == 5
+    by = [
+        (line["subject"], line["reason"], line.get("suppressed", 0), line["namespace"])
+        for line in lines
+        if line["decision"] == "deny"
+    ]
+    assert by.count(("a", "insufficient_role", 0, "ns0")) == 1
+    assert ("a", "insufficient_role", 3, "ns4") in by  # summary: the last one's namespace
+    assert by[-1] == ("a", "insufficient_role", 0, "late")
+    assert sum(1 for b in by if b[:2] == ("b", "insufficient_role") and b[2] == 0) == 2
+    log.close()  # closing writes the open windows' counts
+    tail = [json.loads(line) for line in out.getvalue().splitlines()[len(lines) :]]
+    assert sorted((t["subject"], t["reason"], t["suppressed"]) for t in tail) == [
+        ("a", "no_credentials", 3),
+        ("b", "insufficient_role", 3),
+    ]
+
+
+def test_audit_limits_are_validated() -> None:
+    with pytest.raises(ConfigError, match=r"audit\.maxValueLength"):
+        _audit_config({"maxValueLength": 10})
+    with pytest.raises(ConfigError, match=r"audit\.repeatBurst"):
+        _audit_config({"repeatBurst": 0})
+    cfg = _audit_config({"repeatInterval": "1m", "maxValueLength": 256})
+    assert (cfg.repeat_interval, cfg.max_value_length, cfg.repeat_burst) == (60.0, 256, 10)

@@ -243,3 +243,55 @@ def test_transparent_retries_reach_the_upstream_channel(value: bool, enable_retr
         )
     )
     assert options["grpc.enable_retries"] == enable_retries
+
+
+def test_admin_and_log_limits_have_safe_defaults_and_parse_go_durations() -> None:
+    cfg = parse_config(minimal())
+    a = cfg.admin
+    assert (a.max_connections, a.header_timeout, a.body_timeout, a.idle_timeout) == (
+        256,
+        10.0,
+        30.0,
+        30.0,
+    )
+    assert (cfg.log.max_value_length, cfg.log.repeat_interval, cfg.log.repeat_burst) == (
+        1024,
+        10.0,
+        10,
+    )
+    cfg = parse_config(
+        minimal(
+            admin={"maxConnections": 10, "headerTimeout": "2s", "bodyTimeout": "1m"},
+            log={"repeatInterval": "500ms", "repeatBurst": 3, "maxValueLength": 200},
+        )
+    )
+    assert (cfg.admin.max_connections, cfg.admin.header_timeout, cfg.admin.body_timeout) == (
+        10,
+        2.0,
+        60.0,
+    )
+    assert (cfg.log.repeat_interval, cfg.log.repeat_burst, cfg.log.max_value_length) == (
+        0.5,
+        3,
+        200,
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "raw", "path"),
+    [
+        ("admin", {"maxConnections": 0}, "admin.maxConnections"),
+        ("admin", {"headerTimeout": "0s"}, "admin.headerTimeout"),
+        ("admin", {"bodyTimeout": "0"}, "admin.bodyTimeout"),
+        ("admin", {"idleTimeout": "0s"}, "admin.idleTimeout"),
+        ("log", {"maxValueLength": 1}, "log.maxValueLength"),
+        ("log", {"repeatBurst": 0}, "log.repeatBurst"),
+    ],
+)
+def test_unbounded_admin_and_log_limits_are_refused(
+    section: str, raw: dict[str, Any], path: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(minimal(**{section: raw}))
+    assert err.value.path == path
+    assert "unknown key" not in str(err.value)

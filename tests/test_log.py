@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import logging
+from collections.abc import Iterator
 
+import pytest
 import structlog
 
 from proxy import log as logmod
@@ -14,6 +18,18 @@ TOKEN = (
     "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJhbGljZSIsInBlcm1pc3Npb25zIjpbXX0."
     "c2lnbmF0dXJlLWJ5dGVzLWhlcmUtMTIzNDU2Nzg5MA"
 )
+
+
+@pytest.fixture(autouse=True)
+def _restore_stdlib_logging() -> Iterator[None]:
+    """`configure` hooks the root logger; leave it as it was for other tests."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 PEM_KEY = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----"
 
 
@@ -74,3 +90,153 @@ def test_console_format_renders_key_values() -> None:
     finally:
         structlog.reset_defaults()
     assert "listening" in stream.getvalue() and "port=7233" in stream.getvalue()
+
+
+# ------------------------------------------------------------------ bounds and repeat limits
+
+BIG = "n" * (8 * 1024 * 1024)
+
+
+def _configured(stream: io.StringIO, **kw: object) -> None:
+    logmod.configure("json", "info", stream=stream, **kw)  # type: ignore[arg-type]
+
+
+def test_every_string_value_is_cut_with_a_marker() -> None:
+    out = logmod.BoundValues(100)(
+        None,
+        "warning",
+        {
+            "event": "authz_denied",
+            "namespace": BIG,
+            "subject": "alice",
+            "nested": {"method": BIG, "list": [BIG] * 100},
+            "raw": BIG.encode(),
+            "error": ValueError(BIG),
+        },
+    )
+    assert out["subject"] == "alice"
+    assert out["namespace"].startswith("n" * 100)
+    assert out["namespace"].endswith(f"[truncated {len(BIG) - 100} chars]")
+    assert len(out["namespace"]) < 140
+    assert len(out["nested"]["method"]) < 140
+    assert len(out["nested"]["list"]) == 33 and out["nested"]["list"][-1].endswith("68 items]")
+    assert len(out["raw"]) < 200 and "truncated" in out["raw"]
+    assert len(out["error"]) < 140
+    assert len(json.dumps(out)) < 100 * 40 + 2000
+
+
+def test_tracebacks_keep_their_last_lines() -> None:
+    text = "Traceback...\n" + "frame\n" * 10_000 + "ValueError: the message"
+    out = logmod.BoundValues(100)(None, "error", {"event": "x", "exception": text})
+    assert out["exception"].endswith("ValueError: the message")
+    assert out["exception"].startswith("[truncated")
+    assert len(out["exception"]) < 100 * 8 + 40
+
+
+def test_a_line_with_8_mib_caller_strings_stays_small_and_redacted() -> None:
+    stream = io.StringIO()
+    _configured(stream, max_value_length=1024)
+    try:
+        structlog.get_logger().warning(
+            "authz_denied", namespace=BIG, method=BIG, error=f"{TOKEN} {BIG}", reason="r"
+        )
+    finally:
+        structlog.reset_defaults()
+    line = stream.getvalue()
+    assert len(line) < 4 * 1024
+    assert "truncated" in json.loads(line)["namespace"]
+    assert TOKEN.split(".")[1] not in line
+
+
+def test_a_token_cut_inside_its_payload_is_still_redacted() -> None:
+    cut = TOKEN[: TOKEN.index(".") + 10]
+    assert scrub(f"x {cut}") == f"x {REDACTED}"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _run(flt: logmod.RepeatFilter, event: dict[str, object]) -> bool:
+    try:
+        flt(None, "warning", dict(event))
+    except structlog.DropEvent:
+        return False
+    return True
+
+
+def test_repeat_filter_passes_a_burst_then_counts_per_reason() -> None:
+    clock = FakeClock()
+    summaries: list[tuple[str, dict[str, object]]] = []
+    flt = logmod.RepeatFilter(10.0, 3, clock=clock, emit=lambda lvl, f: summaries.append((lvl, f)))
+    denied = {"event": "authz_denied", "level": "warning", "reason": "no_credentials"}
+    other = {"event": "authz_denied", "level": "warning", "reason": "insufficient_role"}
+    assert [_run(flt, denied) for _ in range(1000)].count(True) == 3
+    assert _run(flt, other)  # another reason has its own budget
+    flt.flush(("warning", "authz_denied", "no_credentials"))  # the window's timer
+    assert summaries == [
+        (
+            "warning",
+            {
+                "suppressed_event": "authz_denied",
+                "count": 997,
+                "interval_seconds": 10.0,
+                "reason": "no_credentials",
+            },
+        )
+    ]
+    clock.now += 10
+    assert _run(flt, denied)
+
+
+def test_repeat_count_is_carried_by_the_next_line_when_no_timer_ran() -> None:
+    clock = FakeClock()
+    flt = logmod.RepeatFilter(10.0, 1, clock=clock)
+    ev = {"event": "admin_accept_failed", "level": "error"}
+    assert _run(flt, ev) and not _run(flt, ev) and not _run(flt, ev)
+    clock.now += 11
+    out = flt(None, "error", dict(ev))
+    assert out["suppressed"] == 2
+
+
+async def test_configured_logging_writes_one_summary_line_per_interval() -> None:
+    stream = io.StringIO()
+    _configured(stream, repeat_interval=0.2, repeat_burst=2)
+    try:
+        log = structlog.get_logger()
+        for _ in range(500):
+            log.warning("authz_denied", reason="no_credentials", namespace=BIG)
+        await asyncio.sleep(0.4)
+    finally:
+        structlog.reset_defaults()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == ["authz_denied", "authz_denied", "log_suppressed"]
+    assert lines[2]["count"] == 498 and lines[2]["suppressed_event"] == "authz_denied"
+    assert len(stream.getvalue()) < 8 * 1024
+
+
+async def test_stdlib_errors_such_as_asyncio_accept_failures_are_folded_too() -> None:
+    stream = io.StringIO()
+    _configured(stream, repeat_interval=0.2, repeat_burst=1)
+    try:
+        for fd in range(1000):
+            try:
+                raise OSError(24, "Too many open files")
+            except OSError:
+                logging.getLogger("asyncio").error(
+                    "socket.accept() out of system resource\nsocket: <fd=%d>", fd, exc_info=True
+                )
+        await asyncio.sleep(0.4)
+    finally:
+        structlog.reset_defaults()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == [
+        "socket.accept() out of system resource",
+        "log_suppressed",
+    ]
+    assert lines[0]["logger"] == "asyncio" and "Too many open files" in lines[0]["exception"]
+    assert lines[1]["count"] == 999
