@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.admin import AdminLimits, AdminMetrics, GuardedSite, build_admin_app, raise_file_limit
-from proxy.devpki import CertificateAuthority
+from proxy.dev.pki import CertificateAuthority
 
 LIMITS = AdminLimits(max_connections=3, header_timeout=1.0, body_timeout=1.0, idle_timeout=1.0)
 
@@ -114,7 +114,7 @@ async def test_request_head_sent_byte_by_byte_is_closed_at_the_header_timeout(
             writer.write(bytes([byte]))
             await asyncio.sleep(0.05)
 
-    sender = asyncio.create_task(trickle())
+    sender = asyncio.create_task(trickle())  # noqa: TID251 - the test owns and cancels it
     try:
         await _closed_after(reader, 5)
     finally:
