@@ -245,7 +245,7 @@ class MetricsConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     format: Literal["json", "console"] = "json"
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: Literal["debug", "info", "warn", "warning", "error"] = "info"  # warn: zap's spelling
     # Every string value in a line is cut to this many characters (with a marker).
     max_value_length: int = 1024
     # More than `repeatBurst` lines with the same (level, event, reason) per `repeatInterval`

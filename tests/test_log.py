@@ -240,3 +240,26 @@ async def test_stdlib_errors_such_as_asyncio_accept_failures_are_folded_too() ->
     ]
     assert lines[0]["logger"] == "asyncio" and "Too many open files" in lines[0]["exception"]
     assert lines[1]["count"] == 999
+
+
+def test_log_level_warn_is_accepted_and_means_warning() -> None:
+    # Temporal's and zap's spelling: `log.level: warn`.
+    from proxy.config import parse_config
+
+    cfg = parse_config(
+        {
+            "upstream": {"address": "127.0.0.1:1"},
+            "authorization": {"claimMapper": "noop", "authorizer": "noop"},
+            "log": {"level": "warn"},
+        }
+    )
+    stream = io.StringIO()
+    logmod.configure_from(cfg.log, stream=stream)
+    try:
+        logger = structlog.get_logger()
+        logger.info("hidden_below_warn")
+        logger.warning("shown_at_warn")
+    finally:
+        structlog.reset_defaults()
+    events = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
+    assert events == ["shown_at_warn"]
