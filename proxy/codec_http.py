@@ -21,6 +21,14 @@ mapper; decode needs `Role.READER` or more on the namespace, encode `Role.WRITER
 roles included. A caller without a token, with refused credentials or with too small a role gets
 403 `{"error": "Request unauthorized."}`; the reason goes to the log as `codec_denied`.
 Client errors are 400 with `{"error": "..."}`; nothing answers with a traceback.
+
+Hostile clients: every request is bounded before it costs memory (`CodecLimits`): the body size
+(413), then a structural scan of the raw bytes that stops at the first limit (payload count, JSON
+nesting depth, JSON values) before `json.loads` builds a single object, so a 4 MiB body of `{},`
+costs its own bytes, not a million dicts. At most `max_concurrent_requests` requests hold a body
+at once, and all parsing and crypto run on that many worker threads, never on the event loop the
+admin listener shares with the gRPC proxy. Every refusal is counted in
+`temporal_auth_proxy_codec_rejected_total{operation,reason}`.
 """
 
 from __future__ import annotations
@@ -28,34 +36,52 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import re
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from aiohttp import web
 from google.protobuf import json_format
+from prometheus_client import CollectorRegistry
 
-from proxy.codec import CodecError, Payload, PayloadCodec, Payloads
-from proxy.config import Config, CorsConfig
+from proxy.codec import (
+    CodecError,
+    KeyNotAllowedError,
+    NoNamespaceKeysError,
+    Payload,
+    PayloadCodec,
+    Payloads,
+)
+from proxy.config import CodecConfig, Config, CorsConfig
 from proxy.errors import ConfigError, CredentialError
 from proxy.interfaces import ClaimMapper
+from proxy.metrics import CodecMetrics
 from proxy.model import AuthInfo, Reason, Role
 
 __all__ = [
-    "DEFAULT_MAX_BODY_SIZE",
     "NAMESPACE_HEADER",
     "UNAUTHORIZED",
+    "VALUES_PER_PAYLOAD",
+    "CodecLimits",
     "codec_requires_authorization",
     "codec_routes",
 ]
 
 NAMESPACE_HEADER = "X-Namespace"
 UNAUTHORIZED = "Request unauthorized."
-DEFAULT_MAX_BODY_SIZE = 64 * 1024 * 1024
-# Below this, JSON and crypto work is cheaper than a hop to a worker thread. Above it the work
-# leaves the event loop, which the admin listener shares with the gRPC proxy.
-_INLINE_LIMIT = 64 * 1024
 _PREFLIGHT_MAX_AGE = "600"
+# JSON values (strings, keys, containers, list items) a body may hold per allowed payload. A
+# real payload has about a dozen (metadata entries, data); the bound keeps json.loads' objects
+# proportional to maxPayloads, not to the body size.
+VALUES_PER_PAYLOAD = 64
+# A request waits this long for a processing slot (then 503) and must deliver its whole body
+# within _BODY_TIMEOUT (then 408): a slow sender cannot hold a slot forever.
+_SLOT_TIMEOUT = 10.0
+_BODY_TIMEOUT = 30.0
+_CHUNK = 64 * 1024
 
 _log = structlog.get_logger("proxy.codec")
 
@@ -72,12 +98,40 @@ class _Op(enum.Enum):
         self.role = role
 
 
-class _BadRequest(Exception):
-    """A request we answer with 400 and this message."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CodecLimits:
+    """What one codec request may cost (`codec.maxBodyBytes` and friends)."""
+
+    max_body_bytes: int
+    max_payloads: int
+    max_json_depth: int
+    max_concurrent_requests: int
+
+    @classmethod
+    def from_config(cls, cfg: CodecConfig) -> CodecLimits:
+        return cls(
+            max_body_bytes=cfg.max_body_bytes,
+            max_payloads=cfg.max_payloads,
+            max_json_depth=cfg.max_json_depth,
+            max_concurrent_requests=cfg.max_concurrent_requests,
+        )
+
+    @property
+    def max_json_values(self) -> int:
+        return VALUES_PER_PAYLOAD * (self.max_payloads + 1)
 
 
-class _TooLarge(Exception):
-    """A body over `max_body_size`: 413."""
+class _Rejected(Exception):
+    """A request we refuse: HTTP status, a reason label for the metric, the caller's message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+def _bad(message: str) -> _Rejected:
+    return _Rejected(400, "bad_request", message)
 
 
 def codec_requires_authorization(cfg: Config) -> bool:
@@ -99,9 +153,12 @@ def codec_routes(
     auth_header_name: str = "authorization",
     extra_header_name: str = "authorization-extras",
     audience: str = "",
-    max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+    limits: CodecLimits | None = None,
+    metrics: CodecMetrics | None = None,
 ) -> list[web.RouteDef]:
-    """Routes for `app.add_routes(...)`: the codec endpoints and their CORS preflights."""
+    """Routes for `app.add_routes(...)`: the codec endpoints and their CORS preflights.
+
+    `limits` defaults to the config's defaults; `metrics` to a private registry (tests)."""
     if require_authorization and claim_mapper is None:
         raise ConfigError("codec.requireAuthorization", "authorization needs a claim mapper")
     server = _CodecServer(
@@ -111,7 +168,8 @@ def codec_routes(
         auth_header_name=auth_header_name,
         extra_header_name=extra_header_name,
         audience=audience,
-        max_body_size=max_body_size,
+        limits=limits or CodecLimits.from_config(CodecConfig()),
+        metrics=metrics or CodecMetrics(CollectorRegistry()),
     )
     routes: list[web.RouteDef] = []
     for op in _Op:
@@ -136,16 +194,24 @@ class _CodecServer:
         auth_header_name: str,
         extra_header_name: str,
         audience: str,
-        max_body_size: int,
+        limits: CodecLimits,
+        metrics: CodecMetrics,
     ) -> None:
         self._codec = codec
+        self._limits = limits
+        self._metrics = metrics
+        # Bodies held at once (read, parsed, answered), and the threads that parse them: JSON
+        # and crypto never run on the event loop the gRPC proxy shares.
+        self._slots = asyncio.Semaphore(limits.max_concurrent_requests)
+        self._pool = ThreadPoolExecutor(
+            max_workers=limits.max_concurrent_requests, thread_name_prefix="codec"
+        )
         self._mapper = claim_mapper
         self._origins = frozenset(cors.origins)
         self._credentials = cors.allow_credentials
         self._auth_header = auth_header_name
         self._extra_header = extra_header_name
         self._audience = audience
-        self._max_body = max_body_size
         allowed = [auth_header_name, extra_header_name, NAMESPACE_HEADER, "Content-Type"]
         self._allow_headers = ", ".join(dict.fromkeys(_canonical(h) for h in allowed))
 
@@ -184,23 +250,58 @@ class _CodecServer:
         try:
             namespace = _namespace(request)
             if not await self._authorized(op, namespace, request):
+                self._metrics.rejected(op.path, "unauthorized")
                 return _error(403, UNAUTHORIZED)
-            body = await self._read_body(request)
-            if len(body) <= _INLINE_LIMIT:
-                answer = self._process(op, namespace, body)
-            else:
-                answer = await asyncio.to_thread(self._process, op, namespace, body)
-        except _BadRequest as exc:
-            return _error(400, str(exc))
+            # Fails before the body is read when namespaceKeys gives this namespace nothing.
+            self._codec.key_ids_for(namespace)
+            answer = await self._process_in_slot(op, namespace, request)
+        except _Rejected as exc:
+            return self._reject(op, exc.status, exc.reason, str(exc))
+        except KeyNotAllowedError as exc:
+            return self._reject(op, 400, "key_not_allowed", str(exc))
+        except NoNamespaceKeysError as exc:
+            return self._reject(op, 400, "namespace_without_keys", str(exc))
         except CodecError as exc:
-            return _error(400, str(exc))
-        except _TooLarge:
-            return _error(413, f"request body is larger than {self._max_body} bytes")
+            return self._reject(op, 400, "codec_error", str(exc))
         except Exception:
             # A bug, not the caller's fault: the traceback goes to the log, not the answer.
             _log.exception("codec_failed", operation=op.path)
             return _error(500, "internal error")
         return web.Response(body=answer, content_type="application/json")
+
+    def _reject(self, op: _Op, status: int, reason: str, message: str) -> web.Response:
+        self._metrics.rejected(op.path, reason)
+        return _error(status, message)
+
+    async def _process_in_slot(self, op: _Op, namespace: str, request: web.Request) -> bytes:
+        limit = self._limits.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise _Rejected(413, "body_too_large", _too_large(limit))
+        try:
+            async with asyncio.timeout(_SLOT_TIMEOUT):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise _Rejected(503, "busy", "codec server busy, retry later") from None
+        handed_over = False
+        try:
+            try:
+                async with asyncio.timeout(_BODY_TIMEOUT):
+                    body = await self._read_body(request)
+            except TimeoutError:
+                raise _Rejected(
+                    408, "body_timeout", f"request body not received within {_BODY_TIMEOUT:g}s"
+                ) from None
+            work = asyncio.get_running_loop().run_in_executor(
+                self._pool, self._process, op, namespace, body
+            )
+            del body
+            # The slot is the thread's until its work ends, even if this request is cancelled.
+            work.add_done_callback(lambda _: self._slots.release())
+            handed_over = True
+            return await asyncio.shield(work)
+        finally:
+            if not handed_over:
+                self._slots.release()
 
     async def _authorized(self, op: _Op, namespace: str, request: web.Request) -> bool:
         if self._mapper is None:
@@ -242,49 +343,130 @@ class _CodecServer:
         return False
 
     async def _read_body(self, request: web.Request) -> bytes:
-        if request.content_length is not None and request.content_length > self._max_body:
-            raise _TooLarge
         # Read the stream ourselves: request.read() would apply the admin app's
         # client_max_size (1 MiB by default), too small for a history's payloads.
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > self._max_body:
-                raise _TooLarge
-            chunks.append(chunk)
-        return b"".join(chunks)
+        limit = self._limits.max_body_bytes
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            if len(body) + len(chunk) > limit:
+                raise _Rejected(413, "body_too_large", _too_large(limit))
+            body += chunk
+        return bytes(body)
 
     def _process(self, op: _Op, namespace: str, body: bytes) -> bytes:
-        payloads = _parse_payloads(body)
+        """On a worker thread: parse within the limits, encode or decode, serialize."""
+        payloads = _parse_payloads(body, self._limits)
         if op is _Op.ENCODE:
             out = self._codec.encode(payloads, namespace)
         else:
-            out = self._codec.decode(payloads)
+            out = self._codec.decode(payloads, namespace)
         return _dump_payloads(out)
+
+
+def _too_large(limit: int) -> str:
+    return f"request body is larger than {limit} bytes (codec.maxBodyBytes)"
 
 
 def _namespace(request: web.Request) -> str:
     from_path = request.match_info.get("namespace")
     from_header = request.headers.get(NAMESPACE_HEADER)
     if from_path is not None and from_header is not None and from_path != from_header:
-        raise _BadRequest(f"namespace in the path and the {NAMESPACE_HEADER} header differ")
+        raise _bad(f"namespace in the path and the {NAMESPACE_HEADER} header differ")
     return from_path if from_path is not None else (from_header or "")
 
 
-def _parse_payloads(body: bytes) -> list[Payload]:
+# The bytes the structural scan stops at; everything else (numbers, literals, whitespace, `:`)
+# is skipped at C speed by the regex engine, and string contents by bytes.find.
+_STRUCTURE = re.compile(rb'[\[\]{},"]')
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_OPENERS = frozenset(b"[{")
+_CLOSERS = frozenset(b"]}")
+_ARRAY = ord("[")
+
+
+def check_json_bounds(body: bytes, limits: CodecLimits) -> None:
+    """Refuse a body whose JSON would exceed the limits, before building any object.
+
+    Counts tokens (containers, strings, list items), nesting depth and the objects directly
+    inside a top-level array (the payloads), and stops at the first limit crossed, so its work
+    is bounded by the limits, not by the body. It does not validate JSON (json.loads does,
+    after it); a malformed body can only make it count more, never less.
+    """
+    max_values, max_depth = limits.max_json_values, limits.max_json_depth
+    max_payloads = limits.max_payloads
+    search, find = _STRUCTURE.search, body.find
+    stack = bytearray()  # the open containers, at most max_depth
+    values = payloads = 0
+    pos = 0
+    while (m := search(body, pos)) is not None:
+        i = m.start()
+        c = body[i]
+        values += 1
+        if c == _QUOTE:
+            # Skip the string: find the next quote not escaped by an odd run of backslashes.
+            # Escaped quotes and backslash runs are charged to the budget, so a body made of
+            # them cannot make this loop long.
+            end = find(b'"', i + 1)
+            while end >= 0:
+                k = end - 1
+                while body[k] == _BACKSLASH:
+                    k -= 1
+                    values += 1
+                if (end - 1 - k) % 2 == 0:
+                    break
+                if values > max_values:
+                    break
+                end = find(b'"', end + 1)
+            if end < 0:
+                raise _bad("body is not valid JSON (unterminated string)")
+            pos = end + 1
+        else:
+            pos = i + 1
+            if c in _OPENERS:
+                stack.append(c)
+                if len(stack) > max_depth:
+                    raise _Rejected(
+                        400,
+                        "too_deep",
+                        f"JSON nested deeper than {max_depth} levels (codec.maxJsonDepth)",
+                    )
+                if len(stack) == 3 and stack[1] == _ARRAY:
+                    payloads += 1
+                    if payloads > max_payloads:
+                        raise _too_many_payloads(max_payloads)
+            elif c in _CLOSERS and stack:
+                stack.pop()
+        if values > max_values:
+            raise _Rejected(
+                400,
+                "too_many_values",
+                f"body holds more than {max_values} JSON values "
+                f"({VALUES_PER_PAYLOAD} per payload allowed by codec.maxPayloads)",
+            )
+
+
+def _too_many_payloads(limit: int) -> _Rejected:
+    return _Rejected(
+        400, "too_many_payloads", f"more than {limit} payloads in one request (codec.maxPayloads)"
+    )
+
+
+def _parse_payloads(body: bytes, limits: CodecLimits) -> list[Payload]:
+    check_json_bounds(body, limits)
     # json_format.Parse accepts any JSON value (`[]` becomes an empty message), so the shape
     # is checked here first.
     try:
         raw: Any = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _BadRequest("body is not valid JSON") from None
+        raise _bad("body is not valid JSON") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("payloads"), list):
-        raise _BadRequest('body must be a JSON object {"payloads": [...]}')
+        raise _bad('body must be a JSON object {"payloads": [...]}')
+    if len(raw["payloads"]) > limits.max_payloads:
+        raise _too_many_payloads(limits.max_payloads)
     try:
         message = json_format.ParseDict(raw, Payloads(), ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
-        raise _BadRequest(f"body is not a valid Payloads message: {exc}") from None
+        raise _bad(f"body is not a valid Payloads message: {exc}") from None
     return list(message.payloads)
 
 

@@ -177,3 +177,40 @@ class ProxyMetrics:
 
     def set_certificate_expiry(self, label: str, not_after: float) -> None:
         self.certificate_expiry.labels(cert=label).set(not_after)
+
+
+CODEC_OPERATIONS = ("encode", "decode", "download")
+# Why a codec request was refused (closed set; README "Codec Server").
+CODEC_REJECT_REASONS = (
+    "unauthorized",
+    "body_too_large",
+    "body_timeout",
+    "busy",
+    "too_many_payloads",
+    "too_deep",
+    "too_many_values",
+    "bad_request",
+    "codec_error",
+    "key_not_allowed",
+    "namespace_without_keys",
+)
+
+
+class CodecMetrics:
+    """The Codec Server's counters; children resolved once (operation x reason is small)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rejected_total = Counter(
+            PREFIX + "codec_rejected_total",
+            "Codec Server requests refused, by operation and reason.",
+            ("operation", "reason"),
+            registry=registry,
+        )
+        self._rejected = {
+            (op, reason): self.rejected_total.labels(operation=op, reason=reason)
+            for op in CODEC_OPERATIONS
+            for reason in CODEC_REJECT_REASONS
+        }
+
+    def rejected(self, operation: str, reason: str) -> None:
+        self._rejected[(operation, reason)].inc()

@@ -8,6 +8,7 @@ import base64
 import dataclasses
 import json
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,15 +21,22 @@ from aiohttp import ClientResponse, ClientSession, web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf import json_format
+from prometheus_client import CollectorRegistry
 from temporalio.api.common.v1 import Payload as TemporalPayload
 from temporalio.converter import DataConverter
 
 from proxy.claims.jwt import DefaultJWTClaimMapper
 from proxy.codec import KeyRing, Payload, PayloadCodec
-from proxy.codec_http import codec_requires_authorization, codec_routes
-from proxy.config import CorsConfig, parse_config
+from proxy.codec_http import (
+    VALUES_PER_PAYLOAD,
+    CodecLimits,
+    codec_requires_authorization,
+    codec_routes,
+)
+from proxy.config import CodecConfig, CorsConfig, parse_config
 from proxy.errors import ConfigError
 from proxy.keys import StaticKeyProvider
+from proxy.metrics import CodecMetrics
 from proxy.model import AuthInfo, Claims
 from proxy.sdk_codec import EncryptionCodec
 from tests.jwt_helpers import rs256_token, rsa_key
@@ -40,9 +48,27 @@ UI = "https://ui.example.test"
 OTHER = "https://evil.example.test"
 
 
+def shared_codec() -> PayloadCodec:
+    return PayloadCodec(KeyRing({"old": KEY_OLD, "new": KEY_NEW}), encrypt_key_id="new")
+
+
+def limits(**over: int) -> CodecLimits:
+    return dataclasses.replace(CodecLimits.from_config(CodecConfig()), **over)
+
+
+def rejected(registry: CollectorRegistry, operation: str, reason: str) -> float:
+    value = registry.get_sample_value(
+        "temporal_auth_proxy_codec_rejected_total", {"operation": operation, "reason": reason}
+    )
+    assert value is not None
+    return value
+
+
 def make_codec() -> PayloadCodec:
     ring = KeyRing({"old": KEY_OLD, "new": KEY_NEW, "ns-key": KEY_NS})
-    return PayloadCodec(ring, encrypt_key_id="new", namespace_keys={"billing": "ns-key"})
+    return PayloadCodec(
+        ring, encrypt_key_id="new", namespace_keys={"billing": "ns-key", "*": ["new", "old"]}
+    )
 
 
 def token(*permissions: str, sub: str = "someone") -> str:
@@ -402,11 +428,16 @@ async def test_garbage_ciphertext_is_400_json(start: Start, http: ClientSession)
     garbage["metadata"]["encryption-key-id"] = base64.b64encode(b"nope").decode()
     resp, answer = await post(http, f"{base}/orders/decode", {"payloads": [garbage]}, READER)
     assert resp.status == 400
+    assert "not a key of namespace 'orders'" in answer["error"]
+    # Without namespaceKeys the whole ring is tried, and the unknown id is named.
+    shared = await start(codec=shared_codec())
+    resp, answer = await post(http, f"{shared}/orders/decode", {"payloads": [garbage]}, READER)
+    assert resp.status == 400
     assert "unknown encryption key id 'nope'" in answer["error"]
 
 
 class _BuggyCodec(PayloadCodec):
-    def decode(self, payloads: Any) -> Any:
+    def decode(self, payloads: Any, namespace: str = "") -> Any:
         raise RuntimeError("bug with internals")
 
 
@@ -432,11 +463,24 @@ async def test_path_and_header_namespaces_must_agree(start: Start, http: ClientS
 
 
 async def test_body_over_the_limit_is_413(start: Start, http: ClientSession) -> None:
-    base = await start(max_body_size=1024)
+    registry = CollectorRegistry()
+    base = await start(limits=limits(max_body_bytes=1024), metrics=CodecMetrics(registry))
     body = {"payloads": [plain_json(b"x" * 2000)]}
     resp, answer = await post(http, f"{base}/orders/encode", body, WRITER)
     assert resp.status == 413
-    assert "larger than 1024" in answer["error"]
+    assert answer == {"error": "request body is larger than 1024 bytes (codec.maxBodyBytes)"}
+    # Without a Content-Length (chunked), the stream is cut at the limit all the same.
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(64):
+            yield b" " * 100
+
+    hdrs = {"Authorization": READER, "Content-Type": "application/json"}
+    async with http.post(f"{base}/orders/decode", data=chunks(), headers=hdrs) as resp:
+        assert resp.status == 413
+        assert "codec.maxBodyBytes" in (await resp.json())["error"]
+    assert rejected(registry, "encode", "body_too_large") == 1
+    assert rejected(registry, "decode", "body_too_large") == 1
 
 
 async def test_large_body_is_processed_off_the_loop(start: Start, http: ClientSession) -> None:
@@ -446,6 +490,172 @@ async def test_large_body_is_processed_off_the_loop(start: Start, http: ClientSe
     assert resp.status == 200
     resp, decoded = await post(http, f"{base}/orders/decode", encoded, READER)
     assert [from_json(p) for p in decoded["payloads"]] == [from_json(p) for p in big]
+
+
+# ------------------------------------------------------------------ hostile clients
+
+
+async def test_payload_count_depth_and_values_are_bounded(
+    start: Start, http: ClientSession
+) -> None:
+    registry = CollectorRegistry()
+    base = await start(
+        limits=limits(max_payloads=3, max_json_depth=6), metrics=CodecMetrics(registry)
+    )
+    url = f"{base}/orders/decode"
+    ok = [plain_json(b"1")] * 3
+    resp, answer = await post(http, url, {"payloads": ok}, READER)
+    assert resp.status == 200, answer
+    resp, answer = await post(http, url, {"payloads": [*ok, plain_json(b"1")]}, READER)
+    assert resp.status == 400
+    assert answer == {"error": "more than 3 payloads in one request (codec.maxPayloads)"}
+    # Scalars are payloads too once parsed.
+    resp, answer = await post(http, url, {"payloads": [1, 2, 3, 4]}, READER)
+    assert resp.status == 400 and "codec.maxPayloads" in answer["error"]
+    # Depth: 6 levels are fine (an unknown field), 7 are not, wherever they are.
+    six = {"payloads": [{"x": [[{}]]}]}
+    resp, answer = await post(http, url, six, READER)
+    assert resp.status == 200, answer
+    for deep in ({"payloads": [{"x": [[[{}]]]}]}, {"y": [[[[[[[]]]]]]]}, b"[" * 100_000):
+        resp, answer = await post(http, url, deep, READER)
+        assert resp.status == 400, deep
+        assert answer == {"error": "JSON nested deeper than 6 levels (codec.maxJsonDepth)"}
+    # Values: one payload with a huge metadata map.
+    budget = VALUES_PER_PAYLOAD * 4
+    meta = {f"k{i}": "" for i in range(budget)}
+    resp, answer = await post(http, url, {"payloads": [{"metadata": meta}]}, READER)
+    assert resp.status == 400
+    assert answer["error"].startswith(f"body holds more than {budget} JSON values")
+    # Strings made of escapes count against the same budget; brackets inside strings do not
+    # count as nesting.
+    escaped = b'{"payloads": [], "x": "' + b'\\"' * 100_000 + b'"}'
+    resp, answer = await post(http, url, escaped, READER)
+    assert resp.status == 400 and "JSON values" in answer["error"]
+    quoted = {"payloads": [plain_json(b"1")], "x": '[[[[[[[[{{{{{{{{\\"]]]'}
+    resp, answer = await post(http, url, quoted, READER)
+    assert resp.status == 200, answer
+    resp, answer = await post(http, url, b'{"payloads": [], "x": "unterminated', READER)
+    assert resp.status == 400 and "not valid JSON" in answer["error"]
+    assert rejected(registry, "decode", "too_many_payloads") == 2
+    assert rejected(registry, "decode", "too_deep") == 3
+    assert rejected(registry, "decode", "too_many_values") == 2
+    assert rejected(registry, "decode", "bad_request") == 1
+
+
+async def test_hostile_body_never_stalls_the_event_loop(start: Start, http: ClientSession) -> None:
+    """4 MiB of `{},` (the finding: 900 MiB and a 5 s stall): refused after a bounded scan on a
+    worker thread, while a ticker on the same loop keeps its 5 ms rhythm."""
+    base = await start()
+    hostile = b'{"payloads": [' + b"{}," * (4 * 1024 * 1024 // 3) + b"{}]}"
+    deep = b'{"payloads": ' + b"[" * (4 * 1024 * 1024) + b"]}"
+
+    async def ticker(stop: asyncio.Event, lags: list[float]) -> None:
+        while not stop.is_set() and len(lags) < 2000:
+            before = time.perf_counter()
+            await asyncio.sleep(0.005)
+            lags.append(time.perf_counter() - before - 0.005)
+
+    # The loop's own jitter on this (shared, 2-core) machine first, then under attack.
+    baseline: list[float] = []
+    quiet = asyncio.Event()
+    task = asyncio.create_task(ticker(quiet, baseline))
+    await asyncio.sleep(0.5)
+    quiet.set()
+    await task
+    lags: list[float] = []
+    stop = asyncio.Event()
+    task = asyncio.create_task(ticker(stop, lags))
+    started, sent = time.perf_counter(), 0
+    try:
+        # Bounded: at least 1 s of attack for enough ticks, at most 40 bodies.
+        while sent < 40 and time.perf_counter() - started < 1:
+            for body in (hostile, deep):
+                resp, answer = await post(http, f"{base}/orders/decode", body, READER)
+                assert resp.status == 400, answer
+                sent += 1
+    finally:
+        stop.set()
+        await task
+    print(f"max loop lag {max(lags) * 1000:.1f} ms over {len(lags)} ticks")
+    assert lags and max(lags) <= max(baseline) + 0.1, (max(baseline), sorted(lags)[-5:])
+
+
+class _ThreadRecordingCodec(PayloadCodec):
+    """Records where and how many decodes run at once, each taking 0.2 s."""
+
+    def __init__(self) -> None:
+        super().__init__(KeyRing({"k": KEY_NEW}), encrypt_key_id="k")
+        self.threads: set[str] = set()
+        self.running = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def decode(self, payloads: Any, namespace: str = "") -> Any:
+        with self._lock:
+            self.threads.add(threading.current_thread().name)
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        time.sleep(0.2)
+        with self._lock:
+            self.running -= 1
+        return super().decode(payloads, namespace)
+
+
+async def test_processing_runs_on_a_bounded_pool_off_the_loop(
+    start: Start, http: ClientSession
+) -> None:
+    codec = _ThreadRecordingCodec()
+    base = await start(codec=codec, limits=limits(max_concurrent_requests=2))
+    body = {"payloads": [plain_json(b"1")]}  # small: even these leave the loop
+    answers = await asyncio.gather(
+        *(post(http, f"{base}/orders/decode", body, READER) for _ in range(5))
+    )
+    assert [resp.status for resp, _ in answers] == [200] * 5
+    assert codec.peak == 2
+    assert codec.threads and all(name.startswith("codec") for name in codec.threads)
+    assert threading.current_thread().name not in codec.threads
+
+
+async def test_namespace_keys_isolate_decode(start: Start, http: ClientSession) -> None:
+    """The finding: a reader of `default` posted a `payments` payload to /default/decode and
+    got the plaintext."""
+    ring = KeyRing({"pay-2": KEY_NEW, "pay-1": KEY_OLD, "dflt": KEY_NS})
+    codec = PayloadCodec(ring, namespace_keys={"payments": ["pay-2", "pay-1"], "default": "dflt"})
+    registry = CollectorRegistry()
+    base = await start(codec=codec, metrics=CodecMetrics(registry))
+    payments_writer = token("payments:write", sub="pay-worker")
+    default_reader = token("default:read", sub="snoop")
+    both = token("payments:read", "default:read", "other:read", sub="both")
+    body = {"payloads": [plain_json(b'"card 4111"')]}
+    resp, sealed = await post(http, f"{base}/payments/encode", body, payments_writer)
+    assert resp.status == 200
+    assert from_json(sealed["payloads"][0]).metadata["encryption-key-id"] == b"pay-2"
+    old = PayloadCodec(KeyRing({"pay-1": KEY_OLD}), encrypt_key_id="pay-1")
+    old_sealed = {
+        "payloads": [to_json(p) for p in old.encode([from_json_ours(body["payloads"][0])])]
+    }
+    for auth in (default_reader, both):
+        resp, answer = await post(http, f"{base}/default/decode", sealed, auth)
+        assert resp.status == 400, answer
+        assert answer == {
+            "error": "encrypted payload uses key id 'pay-2', which is not a key of namespace "
+            "'default' (codec.namespaceKeys)"
+        }
+        resp, answer = await post(
+            http, f"{base}/decode", old_sealed, auth, {"X-Namespace": "default"}
+        )
+        assert resp.status == 400 and "'pay-1'" in answer["error"]
+    # payments itself decodes with its current and its previous key.
+    for sealed_body in (sealed, old_sealed):
+        resp, answer = await post(http, f"{base}/payments/decode", sealed_body, both)
+        assert resp.status == 200, answer
+        assert answer == body
+    # A namespace without keys is refused before its body is read.
+    resp, answer = await post(http, f"{base}/other/decode", body, both)
+    assert resp.status == 400
+    assert answer == {"error": "namespace 'other' has no codec keys (codec.namespaceKeys)"}
+    assert rejected(registry, "decode", "key_not_allowed") == 4
+    assert rejected(registry, "decode", "namespace_without_keys") == 1
 
 
 # -------------------------------------------------------------------------- CORS
