@@ -342,7 +342,7 @@ class _CodecServer:
         )
         return False
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def _read_body(self, request: web.Request) -> bytearray:
         # Read the stream ourselves: request.read() would apply the admin app's
         # client_max_size (1 MiB by default), too small for a history's payloads.
         limit = self._limits.max_body_bytes
@@ -351,11 +351,16 @@ class _CodecServer:
             if len(body) + len(chunk) > limit:
                 raise _Rejected(413, "body_too_large", _too_large(limit))
             body += chunk
-        return bytes(body)
+        return body  # not copied to bytes: one body-sized buffer per request
 
-    def _process(self, op: _Op, namespace: str, body: bytes) -> bytes:
+    def _process(self, op: _Op, namespace: str, body: bytearray) -> bytes:
         """On a worker thread: parse within the limits, encode or decode, serialize."""
-        payloads = _parse_payloads(body, self._limits)
+        try:
+            payloads = _parse_payloads(body, self._limits)
+        finally:
+            # A refusal's traceback keeps the frames, and so the body, alive until the cycle
+            # collector runs; a stream of hostile bodies would pile up. Free it now.
+            body.clear()
         if op is _Op.ENCODE:
             out = self._codec.encode(payloads, namespace)
         else:
@@ -384,7 +389,7 @@ _CLOSERS = frozenset(b"]}")
 _ARRAY = ord("[")
 
 
-def check_json_bounds(body: bytes, limits: CodecLimits) -> None:
+def check_json_bounds(body: bytes | bytearray, limits: CodecLimits) -> None:
     """Refuse a body whose JSON would exceed the limits, before building any object.
 
     Counts tokens (containers, strings, list items), nesting depth and the objects directly
@@ -451,7 +456,7 @@ def _too_many_payloads(limit: int) -> _Rejected:
     )
 
 
-def _parse_payloads(body: bytes, limits: CodecLimits) -> list[Payload]:
+def _parse_payloads(body: bytes | bytearray, limits: CodecLimits) -> list[Payload]:
     check_json_bounds(body, limits)
     # json_format.Parse accepts any JSON value (`[]` becomes an empty message), so the shape
     # is checked here first.

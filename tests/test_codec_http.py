@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import gc
 import json
 import subprocess
 import threading
 import time
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -578,6 +580,25 @@ async def test_hostile_body_never_stalls_the_event_loop(start: Start, http: Clie
         await task
     print(f"max loop lag {max(lags) * 1000:.1f} ms over {len(lags)} ticks")
     assert lags and max(lags) <= max(baseline) + 0.1, (max(baseline), sorted(lags)[-5:])
+
+
+async def test_refused_bodies_are_freed_at_once(start: Start, http: ClientSession) -> None:
+    """A refusal's traceback holds the parsing frames; without freeing the body there, every
+    hostile body stayed in memory until the cycle collector ran (RSS grew with each one)."""
+    base = await start()
+    hostile = b'{"payloads": [' + b"{}," * (4 * 1024 * 1024 // 3) + b"{}]}"
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        for _ in range(8):
+            resp, _ = await post(http, f"{base}/orders/decode", hostile, READER)
+            assert resp.status == 400
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert held < 16 * 1024 * 1024, f"{held / 2**20:.1f} MiB still held"
 
 
 class _ThreadRecordingCodec(PayloadCodec):

@@ -85,10 +85,12 @@ class GoodClient:
         assert answer.namespace_info.name == "default"
         return elapsed
 
-    def loop(self, until: threading.Event, out: list[float], max_calls: int, max_s: float) -> None:
+    def loop(self, until: threading.Event, out: list[tuple[float, float]], max_s: float) -> None:
+        """(start, latency) of each call until `until`, at most 5,000 calls or `max_s`."""
         deadline = time.monotonic() + max_s
-        while not until.is_set() and len(out) < max_calls and time.monotonic() < deadline:
-            out.append(self.once())
+        while not until.is_set() and len(out) < 5000 and time.monotonic() < deadline:
+            started = time.perf_counter()
+            out.append((started, self.once()))
             time.sleep(0.01)
 
 
@@ -105,13 +107,9 @@ def test_hostile_codec_bodies_cost_little_and_never_stall_grpc(
         status, _ = post(proxy, "/decode", b'{"payloads": []}', reader)
         assert status == 200
 
-        # The good client's baseline on this (busy, 2-core) machine, same loop as below.
-        baseline: list[float] = []
-        good.loop(threading.Event(), baseline, max_calls=150, max_s=8)
-        assert len(baseline) >= 20
-
-        rss_before = rss_bytes(proxy.proc.pid)
-        peak = [rss_before]
+        objects = b'{"payloads": [' + b"{}," * (4 * MIB // 3) + b"{}]}"
+        nest = b'{"payloads": ' + b"[" * (4 * MIB) + b"]}"
+        peak = [rss_bytes(proxy.proc.pid)]
         done = threading.Event()
 
         def watch_rss() -> None:
@@ -119,22 +117,26 @@ def test_hostile_codec_bodies_cost_little_and_never_stall_grpc(
                 peak[0] = max(peak[0], rss_bytes(proxy.proc.pid))
                 time.sleep(0.02)
 
-        under_attack: list[float] = []
+        calls: list[tuple[float, float]] = []
         threads = [
             threading.Thread(target=watch_rss),
-            threading.Thread(target=good.loop, args=(done, under_attack, 3000, 40)),
+            threading.Thread(target=good.loop, args=(done, calls, 40)),
         ]
         for t in threads:
             t.start()
         answers = []
         try:
-            objects = b'{"payloads": [' + b"{}," * (4 * MIB // 3) + b"{}]}"
-            nest = b'{"payloads": ' + b"[" * (4 * MIB) + b"]}"
-            attack_started = time.monotonic()
-            # At least 3 s of attack for enough good calls beside it; at most 20 bodies.
-            while len(answers) < 20 and time.monotonic() - attack_started < 3:
+            # The good client's baseline on this (busy, 2-core) machine: same loop, same
+            # threads, no attack yet.
+            time.sleep(2.5)
+            rss_before = peak[0] = rss_bytes(proxy.proc.pid)
+            attack_started = time.perf_counter()
+            # 12 bodies, paced so the attacker does not simply take the machine's two cores
+            # (a stall in the proxy would still overlap several of the good client's calls).
+            while len(answers) < 12 and time.perf_counter() - attack_started < 20:
                 for body in (objects, nest):
                     answers.append(post(proxy, "/decode", body, reader))
+                    time.sleep(0.2)
             time.sleep(0.3)  # a few more good calls after the last answer
         finally:
             done.set()
@@ -143,6 +145,9 @@ def test_hostile_codec_bodies_cost_little_and_never_stall_grpc(
     finally:
         good.channel.close()
 
+    baseline = [lat for started, lat in calls if started + lat < attack_started]
+    under_attack = [lat for started, lat in calls if started + lat >= attack_started]
+    assert len(baseline) >= 20, baseline
     growth = peak[0] - rss_before
     print(  # shown with -rP: what this machine measured
         f"baseline max {max(baseline) * 1000:.1f} ms, under attack max "
