@@ -77,10 +77,6 @@ _PREFLIGHT_MAX_AGE = "600"
 # real payload has about a dozen (metadata entries, data); the bound keeps json.loads' objects
 # proportional to maxPayloads, not to the body size.
 VALUES_PER_PAYLOAD = 64
-# A request waits this long for a processing slot (then 503) and must deliver its whole body
-# within _BODY_TIMEOUT (then 408): a slow sender cannot hold a slot forever.
-_SLOT_TIMEOUT = 10.0
-_BODY_TIMEOUT = 30.0
 _CHUNK = 64 * 1024
 
 _log = structlog.get_logger("proxy.codec")
@@ -106,6 +102,10 @@ class CodecLimits:
     max_payloads: int
     max_json_depth: int
     max_concurrent_requests: int
+    # A request waits this long for a processing slot (then 503) and must deliver its whole
+    # body within body_timeout (then 408): a slow sender cannot hold a slot forever.
+    slot_timeout: float = 10.0
+    body_timeout: float = 30.0
 
     @classmethod
     def from_config(cls, cfg: CodecConfig) -> CodecLimits:
@@ -278,18 +278,20 @@ class _CodecServer:
         if request.content_length is not None and request.content_length > limit:
             raise _Rejected(413, "body_too_large", _too_large(limit))
         try:
-            async with asyncio.timeout(_SLOT_TIMEOUT):
+            async with asyncio.timeout(self._limits.slot_timeout):
                 await self._slots.acquire()
         except TimeoutError:
             raise _Rejected(503, "busy", "codec server busy, retry later") from None
         handed_over = False
         try:
             try:
-                async with asyncio.timeout(_BODY_TIMEOUT):
+                async with asyncio.timeout(self._limits.body_timeout):
                     body = await self._read_body(request)
             except TimeoutError:
                 raise _Rejected(
-                    408, "body_timeout", f"request body not received within {_BODY_TIMEOUT:g}s"
+                    408,
+                    "body_timeout",
+                    f"request body not received within {self._limits.body_timeout:g}s",
                 ) from None
             work = asyncio.get_running_loop().run_in_executor(
                 self._pool, self._process, op, namespace, body

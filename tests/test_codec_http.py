@@ -54,7 +54,7 @@ def shared_codec() -> PayloadCodec:
     return PayloadCodec(KeyRing({"old": KEY_OLD, "new": KEY_NEW}), encrypt_key_id="new")
 
 
-def limits(**over: int) -> CodecLimits:
+def limits(**over: float) -> CodecLimits:
     return dataclasses.replace(CodecLimits.from_config(CodecConfig()), **over)
 
 
@@ -602,10 +602,11 @@ async def test_refused_bodies_are_freed_at_once(start: Start, http: ClientSessio
 
 
 class _ThreadRecordingCodec(PayloadCodec):
-    """Records where and how many decodes run at once, each taking 0.2 s."""
+    """Records where and how many decodes run at once, each taking `delay` seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.2) -> None:
         super().__init__(KeyRing({"k": KEY_NEW}), encrypt_key_id="k")
+        self.delay = delay
         self.threads: set[str] = set()
         self.running = 0
         self.peak = 0
@@ -616,7 +617,7 @@ class _ThreadRecordingCodec(PayloadCodec):
             self.threads.add(threading.current_thread().name)
             self.running += 1
             self.peak = max(self.peak, self.running)
-        time.sleep(0.2)
+        time.sleep(self.delay)
         with self._lock:
             self.running -= 1
         return super().decode(payloads, namespace)
@@ -635,6 +636,38 @@ async def test_processing_runs_on_a_bounded_pool_off_the_loop(
     assert codec.peak == 2
     assert codec.threads and all(name.startswith("codec") for name in codec.threads)
     assert threading.current_thread().name not in codec.threads
+
+
+async def test_a_slow_body_gets_408_and_a_full_server_503(
+    start: Start, http: ClientSession
+) -> None:
+    codec = _ThreadRecordingCodec(delay=0.6)
+    registry = CollectorRegistry()
+    base = await start(
+        codec=codec,
+        limits=limits(max_concurrent_requests=1, slot_timeout=0.9, body_timeout=0.5),
+        metrics=CodecMetrics(registry),
+    )
+    url = f"{base}/orders/decode"
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b'{"payloads": ['
+        await asyncio.sleep(1.5)
+        yield b"]}"
+
+    hdrs = {"Authorization": READER, "Content-Type": "application/json"}
+    async with http.post(url, data=trickle(), headers=hdrs) as resp:
+        assert resp.status == 408
+        assert await resp.json() == {"error": "request body not received within 0.5s"}
+    # One slot: a decode holds it 0.6 s (on its thread); the next request waits for it (0.9 s
+    # at most) and holds it 0.6 s more, so a third arriving with both times out: 503.
+    body = {"payloads": [plain_json(b"1")]}
+    answers = await asyncio.gather(*(post(http, url, body, READER) for _ in range(3)))
+    statuses = sorted(resp.status for resp, _ in answers)
+    assert statuses == [200, 200, 503], answers
+    assert {"error": "codec server busy, retry later"} in [a for _, a in answers]
+    assert rejected(registry, "decode", "body_timeout") == 1
+    assert rejected(registry, "decode", "busy") == 1
 
 
 async def test_namespace_keys_isolate_decode(start: Start, http: ClientSession) -> None:
