@@ -412,4 +412,5 @@ def build_codec_routes(
         audience=cfg.authorization.audience,
         limits=CodecLimits.from_config(cfg.codec),
         metrics=CodecMetrics(registry),
+        path_prefix=cfg.codec.path_prefix,
     )

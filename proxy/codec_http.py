@@ -2,13 +2,20 @@
 
 `codec_routes(...)` returns route definitions for the admin application:
 
-* `POST /encode`, `POST /decode`, `POST /download`, and the same under `/{namespace}/`;
-* `OPTIONS` on each of them for CORS preflights.
+* `POST <prefix>/encode`, `/decode`, `/download`, and the same under `<prefix>/<namespace>/`
+  (`codec.pathPrefix`, empty by default): the operation is the last path segment;
+* `OPTIONS` on each of them for CORS preflights; any other path under the prefix is a JSON 404
+  (405 for another method on an operation), with CORS like every other answer.
 
 Body and answer are `{"payloads": [...]}` in protobuf JSON (Temporal's `Payloads`). The namespace
-comes from the path or the `X-Namespace` header (the UI and CLI send it); when both are given
-they must agree, so the namespace that is authorized is the one whose key encrypts. Query
-parameters are ignored (the UI sends `preserveStorageRefs`).
+comes from the `X-Namespace` header (the UI and CLI send it), else from the segment before the
+operation; the literal segment `{namespace}` (the Web UI does not expand it) means "use the
+header". When path and header both name one they must agree, so the namespace that is authorized
+is the one whose key encrypts. Query parameters are ignored (the UI sends `preserveStorageRefs`).
+
+Every answer counts `temporal_auth_proxy_codec_requests_total{operation,code}` and
+`..._codec_duration_seconds{operation}` and logs one `codec_request` line (info; preflights at
+debug) without tokens or payloads.
 
 `/download` is, in Temporal's SDK handler, "fetch these external-storage references and decode
 them". The proxy has no storage drivers, so it decodes what it is given: encrypted payloads are
@@ -37,6 +44,7 @@ import asyncio
 import enum
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -63,6 +71,7 @@ from proxy.model import AuthInfo, Reason, Role
 
 __all__ = [
     "NAMESPACE_HEADER",
+    "NAMESPACE_PLACEHOLDER",
     "UNAUTHORIZED",
     "VALUES_PER_PAYLOAD",
     "CodecLimits",
@@ -155,10 +164,12 @@ def codec_routes(
     audience: str = "",
     limits: CodecLimits | None = None,
     metrics: CodecMetrics | None = None,
+    path_prefix: str = "",
 ) -> list[web.RouteDef]:
     """Routes for `app.add_routes(...)`: the codec endpoints and their CORS preflights.
 
-    `limits` defaults to the config's defaults; `metrics` to a private registry (tests)."""
+    `limits` defaults to the config's defaults; `metrics` to a private registry (tests);
+    `path_prefix` (`codec.pathPrefix`, e.g. `/codec`) serves everything under it."""
     if require_authorization and claim_mapper is None:
         raise ConfigError("codec.requireAuthorization", "authorization needs a claim mapper")
     server = _CodecServer(
@@ -171,12 +182,18 @@ def codec_routes(
         limits=limits or CodecLimits.from_config(CodecConfig()),
         metrics=metrics or CodecMetrics(CollectorRegistry()),
     )
+    prefix = path_prefix.rstrip("/")
     routes: list[web.RouteDef] = []
     for op in _Op:
         handler = server.handler(op)
-        for path in (f"/{op.path}", f"/{{namespace}}/{op.path}"):
+        # Any one segment names the namespace, braces included: the Web UI posts the literal
+        # `{namespace}` (aiohttp's default segment pattern refuses braces).
+        for path in (f"{prefix}/{op.path}", f"{prefix}/{{namespace:[^/]+}}/{op.path}"):
             routes.append(web.post(path, handler))
             routes.append(web.options(path, server.preflight))
+    # Last, so the admin's own routes and the codec's match first: every other path under the
+    # prefix answers a JSON 404 (or 405) that a browser can read (CORS).
+    routes.append(web.route("*", f"{prefix}/{{tail:.*}}", server.fallback))
     return routes
 
 
@@ -230,21 +247,67 @@ class _CodecServer:
         return response
 
     async def preflight(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
         response = web.Response(status=204)
         self._cors(request, response)
         if "Access-Control-Allow-Origin" in response.headers:
             response.headers["Access-Control-Allow-Methods"] = "POST"
             response.headers["Access-Control-Allow-Headers"] = self._allow_headers
             response.headers["Access-Control-Max-Age"] = _PREFLIGHT_MAX_AGE
+        self._observe("preflight", request, response, started)
+        return response
+
+    async def fallback(self, request: web.Request) -> web.StreamResponse:
+        """Any other path under the prefix (or method on a codec path): JSON 404/405 + CORS."""
+        started = time.perf_counter()
+        ops = {op.path for op in _Op}
+        if request.path.rsplit("/", 1)[-1] in ops and request.method not in ("POST", "OPTIONS"):
+            response = _error(405, f"method {request.method[:16]} not allowed (use POST)")
+            response.headers["Allow"] = "OPTIONS, POST"
+        else:
+            response = _error(404, "not found")
+        self._cors(request, response)
+        self._observe("unknown", request, response, started)
         return response
 
     # --------------------------------------------------------------------- handlers
 
     def handler(self, op: _Op) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
-            return self._cors(request, await self._handle(op, request))
+            started = time.perf_counter()
+            response = self._cors(request, await self._handle(op, request))
+            self._observe(op.path, request, response, started)
+            return response
 
         return handle
+
+    def _observe(
+        self,
+        operation: str,
+        request: web.Request,
+        response: web.StreamResponse,
+        started: float,
+    ) -> None:
+        """Metrics and one access-log line per request (info; preflights at debug). Never a
+        token or a payload: method, path template, namespace, status, sizes, duration, origin."""
+        elapsed = time.perf_counter() - started
+        self._metrics.request(operation, response.status, elapsed)
+        body = response.body if isinstance(response, web.Response) else None
+        route = request.match_info.route.resource
+        # Preflights and stray paths at debug: a scanner must not fill the log at info.
+        log = _log.debug if operation in ("preflight", "unknown") else _log.info
+        log(
+            "codec_request",
+            operation=operation,
+            method=request.method,
+            path=route.canonical if route is not None else "",
+            namespace=_clip(_namespace_for_log(request)),
+            status=response.status,
+            bytes_in=request.content_length,
+            bytes_out=len(body) if isinstance(body, bytes) else None,
+            duration_ms=round(elapsed * 1000, 3),
+            origin=_clip(request.headers.get("Origin", "")),
+        )
 
     async def _handle(self, op: _Op, request: web.Request) -> web.StreamResponse:
         try:
@@ -374,12 +437,31 @@ def _too_large(limit: int) -> str:
     return f"request body is larger than {limit} bytes (codec.maxBodyBytes)"
 
 
+# The literal segment the Web UI sends (it does not expand the template): "use the header".
+NAMESPACE_PLACEHOLDER = "{namespace}"
+
+
 def _namespace(request: web.Request) -> str:
+    """X-Namespace, else the segment before the operation; both given: they must agree."""
     from_path = request.match_info.get("namespace")
+    if from_path == NAMESPACE_PLACEHOLDER:
+        from_path = None
     from_header = request.headers.get(NAMESPACE_HEADER)
     if from_path is not None and from_header is not None and from_path != from_header:
         raise _bad(f"namespace in the path and the {NAMESPACE_HEADER} header differ")
-    return from_path if from_path is not None else (from_header or "")
+    return from_header if from_header is not None else (from_path or "")
+
+
+def _namespace_for_log(request: web.Request) -> str:
+    try:
+        return _namespace(request)
+    except _Rejected:
+        return request.headers.get(NAMESPACE_HEADER, "")
+
+
+def _clip(value: str, limit: int = 200) -> str:
+    """Caller strings in log lines are bounded (marked when cut)."""
+    return value if len(value) <= limit else value[:limit] + "...[truncated]"
 
 
 # The bytes the structural scan stops at; everything else (numbers, literals, whitespace, `:`)

@@ -294,6 +294,8 @@ class CodecConfig:
     # Requests that may hold a body (read, parse, answer) at once; parsing runs on as many
     # worker threads, never on the event loop shared with the gRPC proxy.
     max_concurrent_requests: int = 2
+    # Serve the endpoints under this path (`/codec` -> `/codec/decode`); empty: at the root.
+    path_prefix: str = ""
     cors: CorsConfig = field(default_factory=CorsConfig)
     # None: required exactly when JWT is configured.
     require_authorization: bool | None = None
@@ -646,6 +648,18 @@ def _validate(cfg: Config) -> None:
         ):
             if bound < low:
                 raise ConfigError(f"codec.{name}", f"must be at least {low}")
+        prefix = codec.path_prefix
+        if prefix and (
+            not prefix.startswith("/")
+            or prefix.endswith("/")
+            or "//" in prefix
+            or any(c in prefix for c in "{}?#%\\ ")
+        ):
+            raise ConfigError(
+                "codec.pathPrefix",
+                "must be empty or a path such as /codec (leading /, no trailing /, "
+                "no braces, ?, #, % or spaces)",
+            )
 
 
 IDENTITY_MAPPERS = ("cert", "chain", "idp")

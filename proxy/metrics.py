@@ -180,6 +180,8 @@ class ProxyMetrics:
 
 
 CODEC_OPERATIONS = ("encode", "decode", "download")
+# `requests_total` also counts CORS preflights and paths that are no operation.
+CODEC_REQUEST_OPERATIONS = (*CODEC_OPERATIONS, "preflight", "unknown")
 # Why a codec request was refused (closed set; README "Codec Server").
 CODEC_REJECT_REASONS = (
     "unauthorized",
@@ -206,6 +208,23 @@ class CodecMetrics:
             ("operation", "reason"),
             registry=registry,
         )
+        self.requests_total = Counter(
+            PREFIX + "codec_requests_total",
+            "Codec Server answers, by operation and HTTP status code.",
+            ("operation", "code"),
+            registry=registry,
+        )
+        self.duration = Histogram(
+            PREFIX + "codec_duration_seconds",
+            "Wall time of a Codec Server request, body read and processing included.",
+            ("operation",),
+            buckets=_REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self._durations = {
+            op: self.duration.labels(operation=op) for op in CODEC_REQUEST_OPERATIONS
+        }
+        self._requests: dict[tuple[str, int], Counter] = {}
         self._rejected = {
             (op, reason): self.rejected_total.labels(operation=op, reason=reason)
             for op in CODEC_OPERATIONS
@@ -214,3 +233,12 @@ class CodecMetrics:
 
     def rejected(self, operation: str, reason: str) -> None:
         self._rejected[(operation, reason)].inc()
+
+    def request(self, operation: str, status: int, seconds: float) -> None:
+        """`operation` from CODEC_REQUEST_OPERATIONS; `status` is one the codec answers with."""
+        self._durations[operation].observe(seconds)
+        child = self._requests.get((operation, status))
+        if child is None:
+            child = self.requests_total.labels(operation=operation, code=str(status))
+            self._requests[(operation, status)] = child
+        child.inc()

@@ -894,3 +894,164 @@ async def test_temporal_cli_decodes_through_the_codec_endpoint(
             assert base64.b64decode(decoded["data"]) == b'"sekrit-name"'
     finally:
         await asyncio.to_thread(dev.stop)
+
+
+# ------------------------------------------------- paths, CORS on errors, observability
+
+
+async def raw_post(
+    http: ClientSession, url: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, dict[str, str], bytes]:
+    async with http.post(url, data=body, headers=headers) as resp:
+        return resp.status, dict(resp.headers), await resp.read()
+
+
+async def test_every_path_shape_the_cli_and_ui_send(start: Start, http: ClientSession) -> None:
+    """The operation is the last segment; the namespace comes from X-Namespace, else the
+    segment before it; `{namespace}` (the UI posts it unexpanded) means "use the header"."""
+    sealed = {"payloads": [to_json(p) for p in shared_codec().encode([plain_ours(b'"x"')])]}
+    body = json.dumps(sealed).encode()
+    reader = {"Authorization": READER, "Content-Type": "application/json"}
+    hdr = {**reader, "X-Namespace": "orders"}
+    for prefix in ("", "/codec", "/a/b"):
+        base = (await start(codec=shared_codec(), path_prefix=prefix)) + prefix
+        for path, headers in (
+            ("/decode", hdr),  # the CLI with a plain endpoint
+            ("/orders/decode", reader),  # the CLI with {namespace} expanded
+            ("/orders/decode", hdr),
+            ("/%7Bnamespace%7D/decode", hdr),  # the Web UI
+            ("/{namespace}/decode", hdr),
+        ):
+            status, _, answer = await raw_post(http, base + path, body, headers)
+            assert status == 200, (prefix, path, answer)
+            assert json.loads(answer)["payloads"][0]["data"] == base64.b64encode(b'"x"').decode()
+        # {namespace} without a header names no namespace: the reader of orders has no role.
+        status, _, _ = await raw_post(http, base + "/%7Bnamespace%7D/decode", body, reader)
+        assert status == 403
+        # Path and header disagree: still 400.
+        status, _, answer = await raw_post(
+            http, base + "/orders/decode", body, {**reader, "X-Namespace": "billing"}
+        )
+        assert status == 400 and b"X-Namespace" in answer
+        # Deeper paths and other operations are JSON 404s; GET on an operation is a 405.
+        for path in ("/x/orders/decode", "/orders/explode", "/nothing"):
+            status, headers, answer = await raw_post(http, base + path, body, hdr)
+            assert (status, json.loads(answer)) == (404, {"error": "not found"}), (prefix, path)
+        async with http.get(base + "/decode") as resp:
+            assert resp.status == 405
+            assert resp.headers["Allow"] == "OPTIONS, POST"
+    # Outside the prefix nothing is served.
+    base = await start(codec=shared_codec(), path_prefix="/codec")
+    status, _, _ = await raw_post(http, base + "/decode", body, hdr)
+    assert status == 404
+
+
+def plain_ours(data: bytes) -> Payload:
+    return Payload(metadata={"encoding": b"json/plain"}, data=data)
+
+
+async def test_cors_on_every_answer_to_an_allowed_origin(start: Start, http: ClientSession) -> None:
+    class _Broken(PayloadCodec):
+        def decode(self, payloads: Any, namespace: str = "") -> Any:
+            raise RuntimeError("bug")
+
+    ok = await start(codec=shared_codec(), limits=limits(max_body_bytes=2048))
+    broken = await start(codec=_Broken(KeyRing({"k": KEY_NEW}), encrypt_key_id="k"))
+    good_body = json.dumps({"payloads": [plain_json(b"1")]}).encode()
+    cases = [
+        (200, ok + "/orders/decode", good_body, READER),
+        (400, ok + "/orders/decode", b"not json", READER),
+        (403, ok + "/orders/decode", good_body, None),
+        (404, ok + "/nowhere/at/all", good_body, READER),
+        (413, ok + "/orders/decode", b" " * 4096, READER),
+        (500, broken + "/orders/decode", good_body, READER),
+    ]
+    for status, url, body, auth in cases:
+        for origin, allowed in ((UI, True), (OTHER, False)):
+            headers = {"Origin": origin, "Content-Type": "application/json"}
+            if auth:
+                headers["Authorization"] = auth
+            got, resp_headers, _ = await raw_post(http, url, body, headers)
+            assert got == status, (url, body[:20])
+            assert "Origin" in resp_headers.get("Vary", ""), status
+            if allowed:
+                assert resp_headers["Access-Control-Allow-Origin"] == UI, status
+            else:
+                assert "Access-Control-Allow-Origin" not in resp_headers, status
+    preflight = {"Origin": UI, "Access-Control-Request-Method": "POST"}
+    async with http.options(ok + "/%7Bnamespace%7D/decode", headers=preflight) as resp:
+        assert resp.status == 204
+        assert resp.headers["Access-Control-Max-Age"] == "600"
+        assert resp.headers["Access-Control-Allow-Origin"] == UI
+
+
+async def test_codec_requests_are_counted_timed_and_logged(
+    start: Start, http: ClientSession
+) -> None:
+    registry = CollectorRegistry()
+    base = await start(codec=shared_codec(), metrics=CodecMetrics(registry))
+    secret = b'"card 4111 1111"'
+    body = json.dumps({"payloads": [plain_json(secret)]}).encode()
+    headers = {"Authorization": WRITER, "Origin": UI, "Content-Type": "application/json"}
+    with structlog.testing.capture_logs() as logs:
+        assert (await raw_post(http, f"{base}/orders/encode", body, headers))[0] == 200
+        assert (await raw_post(http, f"{base}/payments/decode", body, headers))[0] == 403
+        assert (await raw_post(http, f"{base}/x/y/decode", body, headers))[0] == 404
+        async with http.options(f"{base}/decode", headers={"Origin": UI}) as resp:
+            assert resp.status == 204
+
+    def count(operation: str, code: str) -> float | None:
+        return registry.get_sample_value(
+            "temporal_auth_proxy_codec_requests_total", {"operation": operation, "code": code}
+        )
+
+    assert count("encode", "200") == 1
+    assert count("decode", "403") == 1
+    assert count("unknown", "404") == 1
+    assert count("preflight", "204") == 1
+    assert (
+        registry.get_sample_value(
+            "temporal_auth_proxy_codec_duration_seconds_count", {"operation": "encode"}
+        )
+        == 1
+    )
+    lines = [e for e in logs if e["event"] == "codec_request"]
+    assert [(e["operation"], e["status"], e["log_level"]) for e in lines] == [
+        ("encode", 200, "info"),
+        ("decode", 403, "info"),
+        ("unknown", 404, "debug"),
+        ("preflight", 204, "debug"),
+    ]
+    first = lines[0]
+    assert first["method"] == "POST"
+    assert first["path"] == "/{namespace}/encode"
+    assert first["namespace"] == "orders"
+    assert first["origin"] == UI
+    assert first["bytes_in"] == len(body) and first["bytes_out"] > 0
+    assert first["duration_ms"] >= 0
+    # Never a token or a payload.
+    text = repr(logs)
+    assert WRITER.split()[1] not in text
+    assert base64.b64encode(secret).decode() not in text and "4111" not in text
+
+
+def test_path_prefix_config() -> None:
+    def cfg(prefix: str) -> Any:
+        raw = {
+            "upstream": {"address": "127.0.0.1:7233"},
+            "authorization": {"claimMapper": "noop"},
+            "codec": {
+                "enabled": True,
+                "keys": {"k": base64.b64encode(KEY_NEW).decode()},
+                "encryptKeyId": "k",
+                "pathPrefix": prefix,
+            },
+        }
+        return parse_config(raw, env={}).codec
+
+    assert cfg("").path_prefix == ""
+    assert cfg("/codec/v1").path_prefix == "/codec/v1"
+    for bad in ("codec", "/codec/", "//x", "/{namespace}", "/a b", "/a?b"):
+        with pytest.raises(ConfigError) as info:
+            cfg(bad)
+        assert info.value.path == "codec.pathPrefix", bad
