@@ -75,6 +75,7 @@ __all__ = [
     "UNAUTHORIZED",
     "VALUES_PER_PAYLOAD",
     "CodecLimits",
+    "check_json_bounds",
     "codec_requires_authorization",
     "codec_routes",
 ]
@@ -498,12 +499,10 @@ def check_json_bounds(body: bytes | bytearray, limits: CodecLimits) -> None:
             end = find(b'"', i + 1)
             while end >= 0:
                 k = end - 1
-                while body[k] == _BACKSLASH:
+                while body[k] == _BACKSLASH and values <= max_values:
                     k -= 1
                     values += 1
-                if (end - 1 - k) % 2 == 0:
-                    break
-                if values > max_values:
+                if values > max_values or (end - 1 - k) % 2 == 0:
                     break
                 end = find(b'"', end + 1)
             if end < 0:

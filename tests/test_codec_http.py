@@ -32,6 +32,7 @@ from proxy.codec import KeyRing, Payload, PayloadCodec
 from proxy.codec_http import (
     VALUES_PER_PAYLOAD,
     CodecLimits,
+    check_json_bounds,
     codec_requires_authorization,
     codec_routes,
 )
@@ -533,6 +534,10 @@ async def test_payload_count_depth_and_values_are_bounded(
     escaped = b'{"payloads": [], "x": "' + b'\\"' * 100_000 + b'"}'
     resp, answer = await post(http, url, escaped, READER)
     assert resp.status == 400 and "JSON values" in answer["error"]
+    # One long run of backslashes before a quote is charged as it is walked, and cut short.
+    run = b'{"payloads": [], "x": "' + b"\\" * 4_000_000 + b'""}'
+    resp, answer = await post(http, url, run, READER)
+    assert resp.status == 400 and "JSON values" in answer["error"]
     quoted = {"payloads": [plain_json(b"1")], "x": '[[[[[[[[{{{{{{{{\\"]]]'}
     resp, answer = await post(http, url, quoted, READER)
     assert resp.status == 200, answer
@@ -540,8 +545,27 @@ async def test_payload_count_depth_and_values_are_bounded(
     assert resp.status == 400 and "not valid JSON" in answer["error"]
     assert rejected(registry, "decode", "too_many_payloads") == 2
     assert rejected(registry, "decode", "too_deep") == 3
-    assert rejected(registry, "decode", "too_many_values") == 2
+    assert rejected(registry, "decode", "too_many_values") == 3
     assert rejected(registry, "decode", "bad_request") == 1
+
+
+def test_the_scan_is_bounded_by_the_limits_not_the_body() -> None:
+    """CPU time of the structural scan for 4 MiB bodies built to make it walk byte by byte."""
+    lim = limits()
+    four = 4 * 1024 * 1024
+    bodies = [
+        b'{"payloads": [' + b"{}," * (four // 3) + b"{}]}",
+        b'{"payloads": ' + b"[" * four + b"]}",
+        b'{"payloads": [], "x": "' + b'\\"' * (four // 3) + b'"}',
+        b'{"payloads": [], "x": "' + b"\\" * four + b'""}',
+        b'{"payloads": [' + b'"",' * (four // 3) + b'""]}',
+    ]
+    for body in bodies:
+        started = time.thread_time()
+        with pytest.raises(Exception, match=r"JSON|payloads") as info:
+            check_json_bounds(body, lim)
+        spent = time.thread_time() - started
+        assert spent < 0.08, (body[:30], spent, info.value)
 
 
 async def test_hostile_body_never_stalls_the_event_loop(start: Start, http: ClientSession) -> None:
