@@ -29,7 +29,7 @@ from proxy.authz import DefaultAuthorizer, NoopAuthorizer
 from proxy.claims import DefaultJWTClaimMapper, NoopClaimMapper
 from proxy.claims.identity import build_identity_mapper
 from proxy.codec import PayloadCodec
-from proxy.codec_http import codec_requires_authorization, codec_routes
+from proxy.codec_http import CodecLimits, codec_requires_authorization, codec_routes
 from proxy.config import IDENTITY_MAPPERS, Config
 from proxy.errors import ConfigError
 from proxy.forward import ForwardingHandler, UpstreamPool, channel_options, close_channels
@@ -37,7 +37,7 @@ from proxy.interfaces import Authorizer, ClaimMapper
 from proxy.keys.build import build_key_provider
 from proxy.keys.idp import IdpKeys
 from proxy.keys.jwks import JwksKeyProvider
-from proxy.metrics import ProxyMetrics, multiprocess_dir
+from proxy.metrics import CodecMetrics, ProxyMetrics, multiprocess_dir
 from proxy.pipeline import Gate
 from proxy.plugins import load_plugin
 from proxy.ratelimit import RateLimiter
@@ -401,12 +401,14 @@ def build(cfg: Config, *, logger: Any, registry: CollectorRegistry | None = None
     app.admin = build_admin_app(
         registry=metrics_registry(registry, multiprocess_dir()),
         readiness=app.readiness,
-        extra_routes=build_codec_routes(cfg, mapper),
+        extra_routes=build_codec_routes(cfg, mapper, registry),
     )
     return app
 
 
-def build_codec_routes(cfg: Config, mapper: ClaimMapper) -> list[web.RouteDef]:
+def build_codec_routes(
+    cfg: Config, mapper: ClaimMapper, registry: CollectorRegistry
+) -> list[web.RouteDef]:
     if not cfg.codec.enabled:
         return []
     codec = PayloadCodec.from_config(cfg.codec)
@@ -418,4 +420,7 @@ def build_codec_routes(cfg: Config, mapper: ClaimMapper) -> list[web.RouteDef]:
         auth_header_name=cfg.authorization.auth_header_name,
         extra_header_name=cfg.authorization.auth_extra_header_name,
         audience=cfg.authorization.audience,
+        limits=CodecLimits.from_config(cfg.codec),
+        metrics=CodecMetrics(registry),
+        path_prefix=cfg.codec.path_prefix,
     )

@@ -17,6 +17,12 @@ codec (the server side or `proxy.sdk_codec`), not with Temporal's samples.
 Decoding passes through payloads whose encoding is not `binary/encrypted`, decrypts with any key
 of the ring (the current key for new data, older ones for rotation), and raises `CodecError` on an
 unknown key id or a failed authentication. This module imports neither temporalio nor aiohttp.
+
+Per-namespace keys (`namespace_keys`, the config's `codec.namespaceKeys`) isolate namespaces:
+each listed namespace gets an ordered list of key ids, `[current, previous...]`; it encrypts with
+the first and decrypts only with those listed. `*` lists the keys of every namespace not named.
+A namespace that is neither named nor covered by `*` has no keys at all (fail closed). Without
+`namespace_keys` every namespace shares the whole ring and encrypts with `encrypt_key_id`.
 """
 
 from __future__ import annotations
@@ -45,8 +51,11 @@ __all__ = [
     "KEY_ID_KEY",
     "KEY_SIZE",
     "NONCE_SIZE",
+    "WILDCARD_NAMESPACE",
     "CodecError",
+    "KeyNotAllowedError",
     "KeyRing",
+    "NoNamespaceKeysError",
     "Payload",
     "PayloadCodec",
     "Payloads",
@@ -64,10 +73,21 @@ NONCE_SIZE = 12
 TAG_SIZE = 16
 # A decompressed payload larger than a gRPC message could be never came from a worker.
 MAX_DECOMPRESSED_SIZE = 128 * 1024 * 1024
+# In `namespace_keys`: the keys of every namespace not listed by name. Temporal namespace names
+# cannot contain `*`, so it never collides with a real one.
+WILDCARD_NAMESPACE = "*"
 
 
 class CodecError(ProxyError):
     """A payload that cannot be encoded or decoded. The message names no key material."""
+
+
+class KeyNotAllowedError(CodecError):
+    """An encrypted payload under a key the request's namespace may not use (`namespaceKeys`)."""
+
+
+class NoNamespaceKeysError(CodecError):
+    """`namespaceKeys` is set and assigns the namespace no keys (and there is no `*` entry)."""
 
 
 class KeyRing:
@@ -147,29 +167,29 @@ def _load_key(kid: str, spec: str) -> bytes:
 
 
 class PayloadCodec:
-    """Encrypts payloads with the namespace's key (or the current one), decrypts with any key."""
+    """Encrypts payloads with the namespace's current key, decrypts with the namespace's keys."""
 
-    __slots__ = ("_compress", "_encrypt_key_id", "_keys", "_namespace_keys")
+    __slots__ = ("_allowed", "_compress", "_encrypt_key_id", "_keys", "_namespace_keys")
 
     def __init__(
         self,
         keys: KeyRing,
         *,
-        encrypt_key_id: str,
-        namespace_keys: Mapping[str, str] | None = None,
+        encrypt_key_id: str = "",
+        namespace_keys: Mapping[str, str | Sequence[str]] | None = None,
         compress: bool = False,
     ) -> None:
-        if encrypt_key_id not in keys:
+        ns_keys = _namespace_keys(keys, namespace_keys or {})
+        # With per-namespace keys the shared current key is optional (it is only the fallback
+        # of a ring without namespaceKeys); when given it must still exist.
+        if (encrypt_key_id or not ns_keys) and encrypt_key_id not in keys:
             raise ConfigError("codec.encryptKeyId", "must name one of codec.keys")
-        ns_keys = dict(namespace_keys or {})
-        for ns, kid in ns_keys.items():
-            if kid not in keys:
-                raise ConfigError(
-                    f"codec.namespaceKeys.{ns}", f"key id {kid!r} is not in codec.keys"
-                )
         self._keys = keys
         self._encrypt_key_id = encrypt_key_id
-        self._namespace_keys: Mapping[str, str] = MappingProxyType(ns_keys)
+        self._namespace_keys: Mapping[str, tuple[str, ...]] = MappingProxyType(ns_keys)
+        self._allowed: Mapping[str, frozenset[str]] = MappingProxyType(
+            {ns: frozenset(ids) for ns, ids in ns_keys.items()}
+        )
         self._compress = compress
 
     @classmethod
@@ -185,9 +205,41 @@ class PayloadCodec:
     def keys(self) -> KeyRing:
         return self._keys
 
+    @property
+    def isolated(self) -> bool:
+        """True when `namespace_keys` limits which keys each namespace may use."""
+        return bool(self._namespace_keys)
+
+    def key_ids_for(self, namespace: str = "") -> tuple[str, ...]:
+        """The keys `namespace` may use, current first; `NoNamespaceKeysError` if none."""
+        if not self._namespace_keys:
+            others = tuple(k for k in self._keys.ids if k != self._encrypt_key_id)
+            return (self._encrypt_key_id, *others)
+        ids = self._namespace_keys.get(namespace)
+        if ids is None:
+            ids = self._namespace_keys.get(WILDCARD_NAMESPACE)
+        if ids is None:
+            raise NoNamespaceKeysError(
+                f"namespace {namespace!r} has no codec keys (codec.namespaceKeys)"
+            )
+        return ids
+
     def key_id_for(self, namespace: str = "") -> str:
         """The key new payloads of `namespace` are encrypted with."""
-        return self._namespace_keys.get(namespace, self._encrypt_key_id)
+        return self.key_ids_for(namespace)[0]
+
+    def _allowed_for(self, namespace: str) -> frozenset[str] | None:
+        """Key ids that decrypt for `namespace`; None: the whole ring (no namespaceKeys)."""
+        if not self._namespace_keys:
+            return None
+        allowed = self._allowed.get(namespace)
+        if allowed is None:
+            allowed = self._allowed.get(WILDCARD_NAMESPACE)
+        if allowed is None:
+            raise NoNamespaceKeysError(
+                f"namespace {namespace!r} has no codec keys (codec.namespaceKeys)"
+            )
+        return allowed
 
     # ------------------------------------------------------------------ message level
 
@@ -195,8 +247,10 @@ class PayloadCodec:
         kid = self.key_id_for(namespace)
         return [self._encrypt(p.SerializeToString(), kid) for p in payloads]
 
-    def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return [self._decrypt(p) for p in payloads]
+    def decode(self, payloads: Sequence[Payload], namespace: str = "") -> list[Payload]:
+        """Decrypt with the keys of `namespace`: a payload under any other key is refused."""
+        allowed = self._allowed_for(namespace)
+        return [self._decrypt(p, namespace, allowed) for p in payloads]
 
     # -------------------------------------------------------------------- bytes level
     # Serialized Payload in, serialized Payload out, so other protobuf classes of the same
@@ -206,12 +260,12 @@ class PayloadCodec:
         """A serialized Payload -> the serialized `binary/encrypted` Payload wrapping it."""
         return self._encrypt(payload, self.key_id_for(namespace)).SerializeToString()
 
-    def decrypt_payload_bytes(self, payload: bytes) -> bytes:
+    def decrypt_payload_bytes(self, payload: bytes, namespace: str = "") -> bytes:
         """A serialized Payload -> the serialized inner Payload; not encrypted: unchanged."""
         outer = _parse(payload, "payload")
         if not _is_encrypted(outer):
             return payload
-        return self._open(outer)
+        return self._open(outer, namespace, self._allowed_for(namespace))
 
     # ------------------------------------------------------------------------ helpers
 
@@ -224,12 +278,12 @@ class PayloadCodec:
                 metadata[COMPRESSION_KEY] = COMPRESSION_ZLIB
         return Payload(metadata=metadata, data=self._keys.seal(kid, plaintext))
 
-    def _decrypt(self, payload: Payload) -> Payload:
+    def _decrypt(self, payload: Payload, namespace: str, allowed: frozenset[str] | None) -> Payload:
         if not _is_encrypted(payload):
             return payload
-        return _parse(self._open(payload), "decrypted payload")
+        return _parse(self._open(payload, namespace, allowed), "decrypted payload")
 
-    def _open(self, outer: Payload) -> bytes:
+    def _open(self, outer: Payload, namespace: str, allowed: frozenset[str] | None) -> bytes:
         raw_kid = outer.metadata.get(KEY_ID_KEY)
         if not raw_kid:
             raise CodecError(f"encrypted payload has no {KEY_ID_KEY} metadata")
@@ -237,6 +291,13 @@ class PayloadCodec:
             kid = raw_kid.decode()
         except UnicodeDecodeError:
             raise CodecError(f"encrypted payload has a malformed {KEY_ID_KEY}") from None
+        if allowed is not None and kid not in allowed:
+            # Checked before any decryption: the key id is the caller's claim, the key the
+            # namespace's. Relabelling another namespace's ciphertext then fails the tag check.
+            raise KeyNotAllowedError(
+                f"encrypted payload uses key id {kid[:64]!r}, which is not a key of namespace "
+                f"{namespace[:256]!r} (codec.namespaceKeys)"
+            )
         plaintext = self._keys.unseal(kid, outer.data)
         compression = outer.metadata.get(COMPRESSION_KEY)
         if compression is None:
@@ -244,6 +305,28 @@ class PayloadCodec:
         if compression != COMPRESSION_ZLIB:
             raise CodecError(f"unsupported {COMPRESSION_KEY} {compression!r}")
         return _inflate(plaintext)
+
+
+def _namespace_keys(
+    keys: KeyRing, spec: Mapping[str, str | Sequence[str]]
+) -> dict[str, tuple[str, ...]]:
+    """`namespaceKeys` values are one key id or a list `[current, previous...]`."""
+    out: dict[str, tuple[str, ...]] = {}
+    for ns, value in spec.items():
+        path = f"codec.namespaceKeys.{ns}"
+        if not ns:
+            raise ConfigError("codec.namespaceKeys", "a namespace name must not be empty")
+        ids = (value,) if isinstance(value, str) else tuple(value)
+        if not ids:
+            raise ConfigError(path, "needs at least one key id (the first is the current key)")
+        for i, kid in enumerate(ids):
+            where = path if isinstance(value, str) else f"{path}[{i}]"
+            if kid not in keys:
+                raise ConfigError(where, f"key id {kid!r} is not in codec.keys")
+            if kid in ids[:i]:
+                raise ConfigError(where, f"key id {kid!r} is listed twice")
+        out[ns] = ids
+    return out
 
 
 def _is_encrypted(payload: Payload) -> bool:

@@ -2,13 +2,20 @@
 
 `codec_routes(...)` returns route definitions for the admin application:
 
-* `POST /encode`, `POST /decode`, `POST /download`, and the same under `/{namespace}/`;
-* `OPTIONS` on each of them for CORS preflights.
+* `POST <prefix>/encode`, `/decode`, `/download`, and the same under `<prefix>/<namespace>/`
+  (`codec.pathPrefix`, empty by default): the operation is the last path segment;
+* `OPTIONS` on each of them for CORS preflights; any other path under the prefix is a JSON 404
+  (405 for another method on an operation), with CORS like every other answer.
 
 Body and answer are `{"payloads": [...]}` in protobuf JSON (Temporal's `Payloads`). The namespace
-comes from the path or the `X-Namespace` header (the UI and CLI send it); when both are given
-they must agree, so the namespace that is authorized is the one whose key encrypts. Query
-parameters are ignored (the UI sends `preserveStorageRefs`).
+comes from the `X-Namespace` header (the UI and CLI send it), else from the segment before the
+operation; the literal segment `{namespace}` (the Web UI does not expand it) means "use the
+header". When path and header both name one they must agree, so the namespace that is authorized
+is the one whose key encrypts. Query parameters are ignored (the UI sends `preserveStorageRefs`).
+
+Every answer counts `temporal_auth_proxy_codec_requests_total{operation,code}` and
+`..._codec_duration_seconds{operation}` and logs one `codec_request` line (info; preflights at
+debug) without tokens or payloads.
 
 `/download` is, in Temporal's SDK handler, "fetch these external-storage references and decode
 them". The proxy has no storage drivers, so it decodes what it is given: encrypted payloads are
@@ -21,6 +28,14 @@ mapper; decode needs `Role.READER` or more on the namespace, encode `Role.WRITER
 roles included. A caller without a token, with refused credentials or with too small a role gets
 403 `{"error": "Request unauthorized."}`; the reason goes to the log as `codec_denied`.
 Client errors are 400 with `{"error": "..."}`; nothing answers with a traceback.
+
+Hostile clients: every request is bounded before it costs memory (`CodecLimits`): the body size
+(413), then a structural scan of the raw bytes that stops at the first limit (payload count, JSON
+nesting depth, JSON values) before `json.loads` builds a single object, so a 4 MiB body of `{},`
+costs its own bytes, not a million dicts. At most `max_concurrent_requests` requests hold a body
+at once, and all parsing and crypto run on that many worker threads, never on the event loop the
+admin listener shares with the gRPC proxy. Every refusal is counted in
+`temporal_auth_proxy_codec_rejected_total{operation,reason}`.
 """
 
 from __future__ import annotations
@@ -28,34 +43,51 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import re
+import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from aiohttp import web
 from google.protobuf import json_format
+from prometheus_client import CollectorRegistry
 
-from proxy.codec import CodecError, Payload, PayloadCodec, Payloads
-from proxy.config import Config, CorsConfig
+from proxy.codec import (
+    CodecError,
+    KeyNotAllowedError,
+    NoNamespaceKeysError,
+    Payload,
+    PayloadCodec,
+    Payloads,
+)
+from proxy.config import CodecConfig, Config, CorsConfig
 from proxy.errors import ConfigError, CredentialError
 from proxy.interfaces import ClaimMapper
+from proxy.metrics import CodecMetrics
 from proxy.model import AuthInfo, Reason, Role
 
 __all__ = [
-    "DEFAULT_MAX_BODY_SIZE",
     "NAMESPACE_HEADER",
+    "NAMESPACE_PLACEHOLDER",
     "UNAUTHORIZED",
+    "VALUES_PER_PAYLOAD",
+    "CodecLimits",
+    "check_json_bounds",
     "codec_requires_authorization",
     "codec_routes",
 ]
 
 NAMESPACE_HEADER = "X-Namespace"
 UNAUTHORIZED = "Request unauthorized."
-DEFAULT_MAX_BODY_SIZE = 64 * 1024 * 1024
-# Below this, JSON and crypto work is cheaper than a hop to a worker thread. Above it the work
-# leaves the event loop, which the admin listener shares with the gRPC proxy.
-_INLINE_LIMIT = 64 * 1024
 _PREFLIGHT_MAX_AGE = "600"
+# JSON values (strings, keys, containers, list items) a body may hold per allowed payload. A
+# real payload has about a dozen (metadata entries, data); the bound keeps json.loads' objects
+# proportional to maxPayloads, not to the body size.
+VALUES_PER_PAYLOAD = 64
+_CHUNK = 64 * 1024
 
 _log = structlog.get_logger("proxy.codec")
 
@@ -72,12 +104,44 @@ class _Op(enum.Enum):
         self.role = role
 
 
-class _BadRequest(Exception):
-    """A request we answer with 400 and this message."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CodecLimits:
+    """What one codec request may cost (`codec.maxBodyBytes` and friends)."""
+
+    max_body_bytes: int
+    max_payloads: int
+    max_json_depth: int
+    max_concurrent_requests: int
+    # A request waits this long for a processing slot (then 503) and must deliver its whole
+    # body within body_timeout (then 408): a slow sender cannot hold a slot forever.
+    slot_timeout: float = 10.0
+    body_timeout: float = 30.0
+
+    @classmethod
+    def from_config(cls, cfg: CodecConfig) -> CodecLimits:
+        return cls(
+            max_body_bytes=cfg.max_body_bytes,
+            max_payloads=cfg.max_payloads,
+            max_json_depth=cfg.max_json_depth,
+            max_concurrent_requests=cfg.max_concurrent_requests,
+        )
+
+    @property
+    def max_json_values(self) -> int:
+        return VALUES_PER_PAYLOAD * (self.max_payloads + 1)
 
 
-class _TooLarge(Exception):
-    """A body over `max_body_size`: 413."""
+class _Rejected(Exception):
+    """A request we refuse: HTTP status, a reason label for the metric, the caller's message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+def _bad(message: str) -> _Rejected:
+    return _Rejected(400, "bad_request", message)
 
 
 def codec_requires_authorization(cfg: Config) -> bool:
@@ -99,9 +163,14 @@ def codec_routes(
     auth_header_name: str = "authorization",
     extra_header_name: str = "authorization-extras",
     audience: str = "",
-    max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+    limits: CodecLimits | None = None,
+    metrics: CodecMetrics | None = None,
+    path_prefix: str = "",
 ) -> list[web.RouteDef]:
-    """Routes for `app.add_routes(...)`: the codec endpoints and their CORS preflights."""
+    """Routes for `app.add_routes(...)`: the codec endpoints and their CORS preflights.
+
+    `limits` defaults to the config's defaults; `metrics` to a private registry (tests);
+    `path_prefix` (`codec.pathPrefix`, e.g. `/codec`) serves everything under it."""
     if require_authorization and claim_mapper is None:
         raise ConfigError("codec.requireAuthorization", "authorization needs a claim mapper")
     server = _CodecServer(
@@ -111,14 +180,21 @@ def codec_routes(
         auth_header_name=auth_header_name,
         extra_header_name=extra_header_name,
         audience=audience,
-        max_body_size=max_body_size,
+        limits=limits or CodecLimits.from_config(CodecConfig()),
+        metrics=metrics or CodecMetrics(CollectorRegistry()),
     )
+    prefix = path_prefix.rstrip("/")
     routes: list[web.RouteDef] = []
     for op in _Op:
         handler = server.handler(op)
-        for path in (f"/{op.path}", f"/{{namespace}}/{op.path}"):
+        # Any one segment names the namespace, braces included: the Web UI posts the literal
+        # `{namespace}` (aiohttp's default segment pattern refuses braces).
+        for path in (f"{prefix}/{op.path}", f"{prefix}/{{namespace:[^/]+}}/{op.path}"):
             routes.append(web.post(path, handler))
             routes.append(web.options(path, server.preflight))
+    # Last, so the admin's own routes and the codec's match first: every other path under the
+    # prefix answers a JSON 404 (or 405) that a browser can read (CORS).
+    routes.append(web.route("*", f"{prefix}/{{tail:.*}}", server.fallback))
     return routes
 
 
@@ -136,16 +212,24 @@ class _CodecServer:
         auth_header_name: str,
         extra_header_name: str,
         audience: str,
-        max_body_size: int,
+        limits: CodecLimits,
+        metrics: CodecMetrics,
     ) -> None:
         self._codec = codec
+        self._limits = limits
+        self._metrics = metrics
+        # Bodies held at once (read, parsed, answered), and the threads that parse them: JSON
+        # and crypto never run on the event loop the gRPC proxy shares.
+        self._slots = asyncio.Semaphore(limits.max_concurrent_requests)
+        self._pool = ThreadPoolExecutor(
+            max_workers=limits.max_concurrent_requests, thread_name_prefix="codec"
+        )
         self._mapper = claim_mapper
         self._origins = frozenset(cors.origins)
         self._credentials = cors.allow_credentials
         self._auth_header = auth_header_name
         self._extra_header = extra_header_name
         self._audience = audience
-        self._max_body = max_body_size
         allowed = [auth_header_name, extra_header_name, NAMESPACE_HEADER, "Content-Type"]
         self._allow_headers = ", ".join(dict.fromkeys(_canonical(h) for h in allowed))
 
@@ -164,43 +248,126 @@ class _CodecServer:
         return response
 
     async def preflight(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
         response = web.Response(status=204)
         self._cors(request, response)
         if "Access-Control-Allow-Origin" in response.headers:
             response.headers["Access-Control-Allow-Methods"] = "POST"
             response.headers["Access-Control-Allow-Headers"] = self._allow_headers
             response.headers["Access-Control-Max-Age"] = _PREFLIGHT_MAX_AGE
+        self._observe("preflight", request, response, started)
+        return response
+
+    async def fallback(self, request: web.Request) -> web.StreamResponse:
+        """Any other path under the prefix (or method on a codec path): JSON 404/405 + CORS."""
+        started = time.perf_counter()
+        ops = {op.path for op in _Op}
+        if request.path.rsplit("/", 1)[-1] in ops and request.method not in ("POST", "OPTIONS"):
+            response = _error(405, f"method {request.method[:16]} not allowed (use POST)")
+            response.headers["Allow"] = "OPTIONS, POST"
+        else:
+            response = _error(404, "not found")
+        self._cors(request, response)
+        self._observe("unknown", request, response, started)
         return response
 
     # --------------------------------------------------------------------- handlers
 
     def handler(self, op: _Op) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
-            return self._cors(request, await self._handle(op, request))
+            started = time.perf_counter()
+            response = self._cors(request, await self._handle(op, request))
+            self._observe(op.path, request, response, started)
+            return response
 
         return handle
+
+    def _observe(
+        self,
+        operation: str,
+        request: web.Request,
+        response: web.StreamResponse,
+        started: float,
+    ) -> None:
+        """Metrics and one access-log line per request (info; preflights at debug). Never a
+        token or a payload: method, path template, namespace, status, sizes, duration, origin."""
+        elapsed = time.perf_counter() - started
+        self._metrics.request(operation, response.status, elapsed)
+        body = response.body if isinstance(response, web.Response) else None
+        route = request.match_info.route.resource
+        # Preflights and stray paths at debug: a scanner must not fill the log at info.
+        log = _log.debug if operation in ("preflight", "unknown") else _log.info
+        log(
+            "codec_request",
+            operation=operation,
+            method=request.method,
+            path=route.canonical if route is not None else "",
+            namespace=_clip(_namespace_for_log(request)),
+            status=response.status,
+            bytes_in=request.content_length,
+            bytes_out=len(body) if isinstance(body, bytes) else None,
+            duration_ms=round(elapsed * 1000, 3),
+            origin=_clip(request.headers.get("Origin", "")),
+        )
 
     async def _handle(self, op: _Op, request: web.Request) -> web.StreamResponse:
         try:
             namespace = _namespace(request)
             if not await self._authorized(op, namespace, request):
+                self._metrics.rejected(op.path, "unauthorized")
                 return _error(403, UNAUTHORIZED)
-            body = await self._read_body(request)
-            if len(body) <= _INLINE_LIMIT:
-                answer = self._process(op, namespace, body)
-            else:
-                answer = await asyncio.to_thread(self._process, op, namespace, body)
-        except _BadRequest as exc:
-            return _error(400, str(exc))
+            # Fails before the body is read when namespaceKeys gives this namespace nothing.
+            self._codec.key_ids_for(namespace)
+            answer = await self._process_in_slot(op, namespace, request)
+        except _Rejected as exc:
+            return self._reject(op, exc.status, exc.reason, str(exc))
+        except KeyNotAllowedError as exc:
+            return self._reject(op, 400, "key_not_allowed", str(exc))
+        except NoNamespaceKeysError as exc:
+            return self._reject(op, 400, "namespace_without_keys", str(exc))
         except CodecError as exc:
-            return _error(400, str(exc))
-        except _TooLarge:
-            return _error(413, f"request body is larger than {self._max_body} bytes")
+            return self._reject(op, 400, "codec_error", str(exc))
         except Exception:
             # A bug, not the caller's fault: the traceback goes to the log, not the answer.
             _log.exception("codec_failed", operation=op.path)
             return _error(500, "internal error")
         return web.Response(body=answer, content_type="application/json")
+
+    def _reject(self, op: _Op, status: int, reason: str, message: str) -> web.Response:
+        self._metrics.rejected(op.path, reason)
+        return _error(status, message)
+
+    async def _process_in_slot(self, op: _Op, namespace: str, request: web.Request) -> bytes:
+        limit = self._limits.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise _Rejected(413, "body_too_large", _too_large(limit))
+        try:
+            async with asyncio.timeout(self._limits.slot_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise _Rejected(503, "busy", "codec server busy, retry later") from None
+        handed_over = False
+        try:
+            try:
+                async with asyncio.timeout(self._limits.body_timeout):
+                    body = await self._read_body(request)
+            except TimeoutError:
+                raise _Rejected(
+                    408,
+                    "body_timeout",
+                    f"request body not received within {self._limits.body_timeout:g}s",
+                ) from None
+            work = asyncio.get_running_loop().run_in_executor(
+                self._pool, self._process, op, namespace, body
+            )
+            del body
+            # The slot is the thread's until its work ends, even if this request is cancelled.
+            work.add_done_callback(lambda _: self._slots.release())
+            handed_over = True
+            return await asyncio.shield(work)
+        finally:
+            if not handed_over:
+                self._slots.release()
 
     async def _authorized(self, op: _Op, namespace: str, request: web.Request) -> bool:
         if self._mapper is None:
@@ -241,50 +408,153 @@ class _CodecServer:
         )
         return False
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        if request.content_length is not None and request.content_length > self._max_body:
-            raise _TooLarge
+    async def _read_body(self, request: web.Request) -> bytearray:
         # Read the stream ourselves: request.read() would apply the admin app's
         # client_max_size (1 MiB by default), too small for a history's payloads.
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > self._max_body:
-                raise _TooLarge
-            chunks.append(chunk)
-        return b"".join(chunks)
+        limit = self._limits.max_body_bytes
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            if len(body) + len(chunk) > limit:
+                raise _Rejected(413, "body_too_large", _too_large(limit))
+            body += chunk
+        return body  # not copied to bytes: one body-sized buffer per request
 
-    def _process(self, op: _Op, namespace: str, body: bytes) -> bytes:
-        payloads = _parse_payloads(body)
+    def _process(self, op: _Op, namespace: str, body: bytearray) -> bytes:
+        """On a worker thread: parse within the limits, encode or decode, serialize."""
+        try:
+            payloads = _parse_payloads(body, self._limits)
+        finally:
+            # A refusal's traceback keeps the frames, and so the body, alive until the cycle
+            # collector runs; a stream of hostile bodies would pile up. Free it now.
+            body.clear()
         if op is _Op.ENCODE:
             out = self._codec.encode(payloads, namespace)
         else:
-            out = self._codec.decode(payloads)
+            out = self._codec.decode(payloads, namespace)
         return _dump_payloads(out)
 
 
+def _too_large(limit: int) -> str:
+    return f"request body is larger than {limit} bytes (codec.maxBodyBytes)"
+
+
+# The literal segment the Web UI sends (it does not expand the template): "use the header".
+NAMESPACE_PLACEHOLDER = "{namespace}"
+
+
 def _namespace(request: web.Request) -> str:
+    """X-Namespace, else the segment before the operation; both given: they must agree."""
     from_path = request.match_info.get("namespace")
+    if from_path == NAMESPACE_PLACEHOLDER:
+        from_path = None
     from_header = request.headers.get(NAMESPACE_HEADER)
     if from_path is not None and from_header is not None and from_path != from_header:
-        raise _BadRequest(f"namespace in the path and the {NAMESPACE_HEADER} header differ")
-    return from_path if from_path is not None else (from_header or "")
+        raise _bad(f"namespace in the path and the {NAMESPACE_HEADER} header differ")
+    return from_header if from_header is not None else (from_path or "")
 
 
-def _parse_payloads(body: bytes) -> list[Payload]:
+def _namespace_for_log(request: web.Request) -> str:
+    try:
+        return _namespace(request)
+    except _Rejected:
+        return request.headers.get(NAMESPACE_HEADER, "")
+
+
+def _clip(value: str, limit: int = 200) -> str:
+    """Caller strings in log lines are bounded (marked when cut)."""
+    return value if len(value) <= limit else value[:limit] + "...[truncated]"
+
+
+# The bytes the structural scan stops at; everything else (numbers, literals, whitespace, `:`)
+# is skipped at C speed by the regex engine, and string contents by bytes.find.
+_STRUCTURE = re.compile(rb'[\[\]{},"]')
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_OPENERS = frozenset(b"[{")
+_CLOSERS = frozenset(b"]}")
+_ARRAY = ord("[")
+
+
+def check_json_bounds(body: bytes | bytearray, limits: CodecLimits) -> None:
+    """Refuse a body whose JSON would exceed the limits, before building any object.
+
+    Counts tokens (containers, strings, list items), nesting depth and the objects directly
+    inside a top-level array (the payloads), and stops at the first limit crossed, so its work
+    is bounded by the limits, not by the body. It does not validate JSON (json.loads does,
+    after it); a malformed body can only make it count more, never less.
+    """
+    max_values, max_depth = limits.max_json_values, limits.max_json_depth
+    max_payloads = limits.max_payloads
+    search, find = _STRUCTURE.search, body.find
+    stack = bytearray()  # the open containers, at most max_depth
+    values = payloads = 0
+    pos = 0
+    while (m := search(body, pos)) is not None:
+        i = m.start()
+        c = body[i]
+        values += 1
+        if c == _QUOTE:
+            # Skip the string: find the next quote not escaped by an odd run of backslashes.
+            # Escaped quotes and backslash runs are charged to the budget, so a body made of
+            # them cannot make this loop long.
+            end = find(b'"', i + 1)
+            while end >= 0:
+                k = end - 1
+                while body[k] == _BACKSLASH and values <= max_values:
+                    k -= 1
+                    values += 1
+                if values > max_values or (end - 1 - k) % 2 == 0:
+                    break
+                end = find(b'"', end + 1)
+            if end < 0:
+                raise _bad("body is not valid JSON (unterminated string)")
+            pos = end + 1
+        else:
+            pos = i + 1
+            if c in _OPENERS:
+                stack.append(c)
+                if len(stack) > max_depth:
+                    raise _Rejected(
+                        400,
+                        "too_deep",
+                        f"JSON nested deeper than {max_depth} levels (codec.maxJsonDepth)",
+                    )
+                if len(stack) == 3 and stack[1] == _ARRAY:
+                    payloads += 1
+                    if payloads > max_payloads:
+                        raise _too_many_payloads(max_payloads)
+            elif c in _CLOSERS and stack:
+                stack.pop()
+        if values > max_values:
+            raise _Rejected(
+                400,
+                "too_many_values",
+                f"body holds more than {max_values} JSON values "
+                f"({VALUES_PER_PAYLOAD} per payload allowed by codec.maxPayloads)",
+            )
+
+
+def _too_many_payloads(limit: int) -> _Rejected:
+    return _Rejected(
+        400, "too_many_payloads", f"more than {limit} payloads in one request (codec.maxPayloads)"
+    )
+
+
+def _parse_payloads(body: bytes | bytearray, limits: CodecLimits) -> list[Payload]:
+    check_json_bounds(body, limits)
     # json_format.Parse accepts any JSON value (`[]` becomes an empty message), so the shape
     # is checked here first.
     try:
         raw: Any = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _BadRequest("body is not valid JSON") from None
+        raise _bad("body is not valid JSON") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("payloads"), list):
-        raise _BadRequest('body must be a JSON object {"payloads": [...]}')
+        raise _bad('body must be a JSON object {"payloads": [...]}')
+    if len(raw["payloads"]) > limits.max_payloads:
+        raise _too_many_payloads(limits.max_payloads)
     try:
         message = json_format.ParseDict(raw, Payloads(), ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
-        raise _BadRequest(f"body is not a valid Payloads message: {exc}") from None
+        raise _bad(f"body is not a valid Payloads message: {exc}") from None
     return list(message.payloads)
 
 

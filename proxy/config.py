@@ -301,8 +301,22 @@ class CodecConfig:
     # key id -> base64 of a 32-byte key, or `file:/path` holding the base64 text.
     keys: Mapping[str, str] = field(default_factory=dict, metadata=_kind("secret_map"))
     encrypt_key_id: str = ""
-    namespace_keys: Mapping[str, str] = field(default_factory=dict)  # namespace -> key id
+    # namespace (or `*`: every other namespace) -> [current key id, previous...]; the YAML also
+    # takes a single key id. When set, a namespace decrypts only with its own keys.
+    namespace_keys: Mapping[str, tuple[str, ...]] = field(
+        default_factory=dict, metadata=_kind("one_or_list")
+    )
     compress: bool = False
+    # Bounds on one codec request (hostile clients): body size (413 over it), payloads per
+    # request and JSON nesting depth (400); at most 64 JSON values per allowed payload.
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_payloads: int = 1000
+    max_json_depth: int = 16
+    # Requests that may hold a body (read, parse, answer) at once; parsing runs on as many
+    # worker threads, never on the event loop shared with the gRPC proxy.
+    max_concurrent_requests: int = 2
+    # Serve the endpoints under this path (`/codec` -> `/codec/decode`); empty: at the root.
+    path_prefix: str = ""
     cors: CorsConfig = field(default_factory=CorsConfig)
     # None: required exactly when JWT is configured.
     require_authorization: bool | None = None
@@ -497,7 +511,12 @@ class _Parser:
             value_tp = typing.get_args(tp)[1]
             if typing.get_origin(value_tp) is tuple:
                 return {
-                    self.string(k, path): self.value(value_tp, v, f"{path}.{k}", "")
+                    self.string(k, path): self.value(
+                        value_tp,
+                        [v] if kind == "one_or_list" and not isinstance(v, list) else v,
+                        f"{path}.{k}",
+                        "",
+                    )
                     for k, v in raw.items()
                 }
             return {self.string(k, path): self.string(v, f"{path}.{k}") for k, v in raw.items()}
@@ -649,13 +668,40 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(
                 "codec.keys", "at least one key is required when the codec is enabled"
             )
-        if cfg.codec.encrypt_key_id not in cfg.codec.keys:
+        # With namespaceKeys every namespace's current key is listed there; the shared
+        # current key is then optional.
+        codec = cfg.codec
+        if (codec.encrypt_key_id or not codec.namespace_keys) and (
+            codec.encrypt_key_id not in codec.keys
+        ):
             raise ConfigError("codec.encryptKeyId", "must name one of codec.keys")
-        for ns, kid in cfg.codec.namespace_keys.items():
-            if kid not in cfg.codec.keys:
-                raise ConfigError(
-                    f"codec.namespaceKeys.{ns}", f"key id {kid!r} is not in codec.keys"
-                )
+        for ns, kids in codec.namespace_keys.items():
+            if not kids:
+                raise ConfigError(f"codec.namespaceKeys.{ns}", "needs at least one key id")
+            for i, kid in enumerate(kids):
+                if kid not in codec.keys:
+                    where = f"codec.namespaceKeys.{ns}" + (f"[{i}]" if len(kids) > 1 else "")
+                    raise ConfigError(where, f"key id {kid!r} is not in codec.keys")
+        for name, bound, low in (
+            ("maxBodyBytes", codec.max_body_bytes, 1024),
+            ("maxPayloads", codec.max_payloads, 1),
+            ("maxJsonDepth", codec.max_json_depth, 4),  # {"payloads": [{"metadata": {}}]}
+            ("maxConcurrentRequests", codec.max_concurrent_requests, 1),
+        ):
+            if bound < low:
+                raise ConfigError(f"codec.{name}", f"must be at least {low}")
+        prefix = codec.path_prefix
+        if prefix and (
+            not prefix.startswith("/")
+            or prefix.endswith("/")
+            or "//" in prefix
+            or any(c in prefix for c in "{}?#%\\ ")
+        ):
+            raise ConfigError(
+                "codec.pathPrefix",
+                "must be empty or a path such as /codec (leading /, no trailing /, "
+                "no braces, ?, #, % or spaces)",
+            )
 
 
 IDENTITY_MAPPERS = ("cert", "chain", "idp")

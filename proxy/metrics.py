@@ -177,3 +177,68 @@ class ProxyMetrics:
 
     def set_certificate_expiry(self, label: str, not_after: float) -> None:
         self.certificate_expiry.labels(cert=label).set(not_after)
+
+
+CODEC_OPERATIONS = ("encode", "decode", "download")
+# `requests_total` also counts CORS preflights and paths that are no operation.
+CODEC_REQUEST_OPERATIONS = (*CODEC_OPERATIONS, "preflight", "unknown")
+# Why a codec request was refused (closed set; README "Codec Server").
+CODEC_REJECT_REASONS = (
+    "unauthorized",
+    "body_too_large",
+    "body_timeout",
+    "busy",
+    "too_many_payloads",
+    "too_deep",
+    "too_many_values",
+    "bad_request",
+    "codec_error",
+    "key_not_allowed",
+    "namespace_without_keys",
+)
+
+
+class CodecMetrics:
+    """The Codec Server's counters; children resolved once (operation x reason is small)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rejected_total = Counter(
+            PREFIX + "codec_rejected_total",
+            "Codec Server requests refused, by operation and reason.",
+            ("operation", "reason"),
+            registry=registry,
+        )
+        self.requests_total = Counter(
+            PREFIX + "codec_requests_total",
+            "Codec Server answers, by operation and HTTP status code.",
+            ("operation", "code"),
+            registry=registry,
+        )
+        self.duration = Histogram(
+            PREFIX + "codec_duration_seconds",
+            "Wall time of a Codec Server request, body read and processing included.",
+            ("operation",),
+            buckets=_REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self._durations = {
+            op: self.duration.labels(operation=op) for op in CODEC_REQUEST_OPERATIONS
+        }
+        self._requests: dict[tuple[str, int], Counter] = {}
+        self._rejected = {
+            (op, reason): self.rejected_total.labels(operation=op, reason=reason)
+            for op in CODEC_OPERATIONS
+            for reason in CODEC_REJECT_REASONS
+        }
+
+    def rejected(self, operation: str, reason: str) -> None:
+        self._rejected[(operation, reason)].inc()
+
+    def request(self, operation: str, status: int, seconds: float) -> None:
+        """`operation` from CODEC_REQUEST_OPERATIONS; `status` is one the codec answers with."""
+        self._durations[operation].observe(seconds)
+        child = self._requests.get((operation, status))
+        if child is None:
+            child = self.requests_total.labels(operation=operation, code=str(status))
+            self._requests[(operation, status)] = child
+        child.inc()

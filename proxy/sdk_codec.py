@@ -38,7 +38,9 @@ class EncryptionCodec(_SDKPayloadCodec):
 
     @classmethod
     def from_codec(cls, codec: PayloadCodec, *, namespace: str = "") -> EncryptionCodec:
-        """Wrap a core codec (e.g. built from the proxy's config); `namespace` picks its key."""
+        """Wrap a core codec (e.g. built from the proxy's config); `namespace` picks its keys:
+        with `namespaceKeys` it encrypts with the namespace's current key and decrypts only
+        with the namespace's keys."""
         self = cls.__new__(cls)
         self._codec = codec
         self._namespace = namespace
@@ -55,8 +57,9 @@ class EncryptionCodec(_SDKPayloadCodec):
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
         decrypt = self._codec.decrypt_payload_bytes
+        ns = self._namespace
         return [
-            Payload.FromString(decrypt(p.SerializeToString()))
+            Payload.FromString(decrypt(p.SerializeToString(), ns))
             if p.metadata.get(ENCODING_KEY) == ENCODING_ENCRYPTED
             else p
             for p in payloads

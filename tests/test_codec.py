@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import zlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ from temporalio.api.common.v1 import Payload as TemporalPayload
 from proxy.codec import (
     COMPRESSION_KEY,
     CodecError,
+    KeyNotAllowedError,
     KeyRing,
+    NoNamespaceKeysError,
     Payload,
     PayloadCodec,
 )
@@ -38,7 +41,7 @@ def codec(
     keys: dict[str, bytes] | None = None,
     current: str = "a",
     *,
-    namespace_keys: dict[str, str] | None = None,
+    namespace_keys: Mapping[str, str | Sequence[str]] | None = None,
     compress: bool = False,
 ) -> PayloadCodec:
     return PayloadCodec(
@@ -166,7 +169,7 @@ def test_rotation_old_key_still_decodes_and_new_payloads_use_the_new_id() -> Non
 
 
 def test_namespace_keys_choose_the_key() -> None:
-    c = codec({"a": KEY_A, "b": KEY_B}, "a", namespace_keys={"billing": "b"})
+    c = codec({"a": KEY_A, "b": KEY_B}, "a", namespace_keys={"billing": "b", "*": "a"})
     [billing] = c.encode([plain()], namespace="billing")
     [other] = c.encode([plain()], namespace="orders")
     [default] = c.encode([plain()])
@@ -175,8 +178,71 @@ def test_namespace_keys_choose_the_key() -> None:
     assert default.metadata["encryption-key-id"] == b"a"
     independent_decrypt(billing, KEY_B)
     assert c.key_id_for("billing") == "b"
-    # Decoding does not depend on the namespace: the key id travels with the payload.
-    assert c.decode([billing, other]) == [plain(), plain()]
+    assert c.decode([billing], namespace="billing") == [plain()]
+    assert c.decode([other, default], namespace="orders") == [plain(), plain()]
+
+
+def test_without_namespace_keys_every_namespace_shares_the_ring() -> None:
+    c = codec({"a": KEY_A, "b": KEY_B}, "b")
+    assert not c.isolated
+    [old] = codec({"a": KEY_A}, "a").encode([plain(b"old")])
+    [new] = c.encode([plain(b"new")], namespace="payments")
+    assert new.metadata["encryption-key-id"] == b"b"
+    for ns in ("", "default", "payments"):
+        assert [p.data for p in c.decode([old, new], namespace=ns)] == [b"old", b"new"]
+    assert c.key_ids_for("anything") == ("b", "a")
+
+
+def test_namespace_keys_isolate_namespaces() -> None:
+    """A reader of `default` cannot have `payments`' payloads decrypted at /default/decode."""
+    keys = {"pay-new": KEY_A, "pay-old": KEY_B, "dflt": KEY_C}
+    c = codec(keys, "", namespace_keys={"payments": ["pay-new", "pay-old"], "default": "dflt"})
+    assert c.isolated
+    [pay_new] = c.encode([plain(b"p2")], namespace="payments")
+    [pay_old] = codec(keys, "pay-old").encode([plain(b"p1")])
+    [dflt] = c.encode([plain(b"d")], namespace="default")
+    assert pay_new.metadata["encryption-key-id"] == b"pay-new"
+    assert dflt.metadata["encryption-key-id"] == b"dflt"
+    # Its own namespace decodes with the current and the previous key.
+    assert [p.data for p in c.decode([pay_new, pay_old], namespace="payments")] == [b"p2", b"p1"]
+    assert c.decode([dflt], namespace="default") == [plain(b"d")]
+    # Another namespace's payload is refused by key id, before any decryption, both ways.
+    for payload, ns in ((pay_new, "default"), (pay_old, "default"), (dflt, "payments")):
+        with pytest.raises(KeyNotAllowedError, match="not a key of namespace"):
+            c.decode([payload], namespace=ns)
+        with pytest.raises(KeyNotAllowedError):
+            c.decrypt_payload_bytes(payload.SerializeToString(), ns)
+    # Relabelling the ciphertext with the namespace's own key id fails authentication.
+    forged = Payload()
+    forged.CopyFrom(pay_new)
+    forged.metadata["encryption-key-id"] = b"dflt"
+    with pytest.raises(CodecError, match="failed authentication"):
+        c.decode([forged], namespace="default")
+    # Plaintext payloads pass through for a namespace that has keys.
+    assert c.decode([plain()], namespace="default") == [plain()]
+
+
+def test_unlisted_namespaces_have_no_keys_unless_a_wildcard_is_set() -> None:
+    keys = {"pay": KEY_A, "shared": KEY_B}
+    strict = codec(keys, "shared", namespace_keys={"payments": "pay"})
+    [shared] = codec(keys, "shared").encode([plain()])
+    for ns in ("", "orders"):
+        with pytest.raises(NoNamespaceKeysError, match=f"namespace {ns!r} has no codec keys"):
+            strict.encode([plain()], namespace=ns)
+        with pytest.raises(NoNamespaceKeysError):
+            strict.decode([shared], namespace=ns)
+        with pytest.raises(NoNamespaceKeysError):
+            strict.decode([plain()], namespace=ns)
+    # `*` gives every other namespace its keys, still not the listed namespaces' keys.
+    wild = codec(keys, "", namespace_keys={"payments": "pay", "*": ["shared"]})
+    [pay] = wild.encode([plain()], namespace="payments")
+    [orders] = wild.encode([plain()], namespace="orders")
+    assert orders.metadata["encryption-key-id"] == b"shared"
+    assert wild.decode([shared, orders], namespace="orders") == [plain(), plain()]
+    with pytest.raises(KeyNotAllowedError):
+        wild.decode([pay], namespace="orders")
+    with pytest.raises(KeyNotAllowedError):
+        wild.decode([shared], namespace="payments")
 
 
 def test_compression_marks_and_round_trips() -> None:
@@ -221,7 +287,7 @@ def test_bytes_api_matches_the_message_api() -> None:
     wrapped = c.encrypt_payload_bytes(raw, "ns")
     outer = TemporalPayload.FromString(wrapped)
     assert outer.metadata["encryption-key-id"] == b"b"
-    assert c.decrypt_payload_bytes(wrapped) == raw
+    assert c.decrypt_payload_bytes(wrapped, "ns") == raw
     with pytest.raises(CodecError, match="not a valid Payload"):
         c.decrypt_payload_bytes(b"\xff\xff\xff")
 
@@ -272,6 +338,19 @@ def test_encrypt_key_id_must_be_in_the_ring() -> None:
     with pytest.raises(ConfigError) as info:
         PayloadCodec(KeyRing({"a": KEY_A}), encrypt_key_id="a", namespace_keys={"ns": "zz"})
     assert info.value.path == "codec.namespaceKeys.ns"
+    ring = KeyRing({"a": KEY_A, "b": KEY_B})
+    for spec, path in (
+        (["a", "zz"], "codec.namespaceKeys.ns[1]"),
+        (["a", "a"], "codec.namespaceKeys.ns[1]"),
+        ([], "codec.namespaceKeys.ns"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            PayloadCodec(ring, namespace_keys={"ns": spec})
+        assert info.value.path == path, spec
+    # With namespaceKeys the shared current key may be left out; without, it is required.
+    assert PayloadCodec(ring, namespace_keys={"ns": ["b", "a"]}).key_id_for("ns") == "b"
+    with pytest.raises(ConfigError, match="must name one of"):
+        PayloadCodec(ring)
 
 
 def test_from_config_end_to_end(tmp_path: Path) -> None:
@@ -285,12 +364,13 @@ def test_from_config_end_to_end(tmp_path: Path) -> None:
                 "enabled": True,
                 "keys": {"old": b64(KEY_A), "current": f"file:{key_file}"},
                 "encryptKeyId": "current",
-                "namespaceKeys": {"legacy": "old"},
+                "namespaceKeys": {"legacy": "old", "*": ["current", "old"]},
                 "compress": True,
             },
         },
         env={},
     )
+    assert cfg.codec.namespace_keys == {"legacy": ("old",), "*": ("current", "old")}
     c = PayloadCodec.from_config(cfg.codec)
     assert c.key_id_for() == "current" and c.key_id_for("legacy") == "old"
     [encoded] = c.encode([plain(b"z" * 500)])
@@ -299,3 +379,57 @@ def test_from_config_end_to_end(tmp_path: Path) -> None:
     assert c.decode([encoded]) == [plain(b"z" * 500)]
     with pytest.raises(ConfigError, match=r"codec\.keys\.bad"):
         PayloadCodec.from_config(CodecConfig(keys={"bad": b64(b"x" * 8)}, encrypt_key_id="bad"))
+
+
+# ------------------------------------------------------------------------- config keys
+
+
+def _codec_cfg(**codec_over: object) -> CodecConfig:
+    raw = {
+        "upstream": {"address": "127.0.0.1:7233"},
+        "authorization": {"claimMapper": "noop"},
+        "codec": {"enabled": True, "keys": {"a": b64(KEY_A), "b": b64(KEY_B)}, **codec_over},
+    }
+    return parse_config(raw, env={}).codec
+
+
+def test_codec_limits_have_documented_defaults() -> None:
+    cfg = _codec_cfg(encryptKeyId="a")
+    assert (cfg.max_body_bytes, cfg.max_payloads, cfg.max_json_depth) == (8 << 20, 1000, 16)
+    assert cfg.max_concurrent_requests == 2
+    tuned = _codec_cfg(
+        encryptKeyId="a",
+        maxBodyBytes=65536,
+        maxPayloads=10,
+        maxJsonDepth=8,
+        maxConcurrentRequests=4,
+    )
+    assert (tuned.max_body_bytes, tuned.max_payloads, tuned.max_json_depth) == (65536, 10, 8)
+    assert tuned.max_concurrent_requests == 4
+    for key, value in (
+        ("maxBodyBytes", 10),
+        ("maxPayloads", 0),
+        ("maxJsonDepth", 3),
+        ("maxConcurrentRequests", 0),
+    ):
+        with pytest.raises(ConfigError) as info:
+            _codec_cfg(encryptKeyId="a", **{key: value})
+        assert info.value.path == f"codec.{key}"
+
+
+def test_namespace_keys_take_one_id_or_a_list() -> None:
+    cfg = _codec_cfg(namespaceKeys={"payments": ["b", "a"], "default": "a"})
+    assert cfg.namespace_keys == {"payments": ("b", "a"), "default": ("a",)}
+    assert cfg.encrypt_key_id == ""  # optional once every namespace's key is listed
+    for spec, path in (
+        ({"payments": ["b", "zz"]}, "codec.namespaceKeys.payments[1]"),
+        ({"payments": "zz"}, "codec.namespaceKeys.payments"),
+        ({"payments": []}, "codec.namespaceKeys.payments"),
+        ({"payments": [["a"]]}, "codec.namespaceKeys.payments[0]"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            _codec_cfg(encryptKeyId="a", namespaceKeys=spec)
+        assert info.value.path == path, spec
+    with pytest.raises(ConfigError) as info:
+        _codec_cfg()
+    assert info.value.path == "codec.encryptKeyId"

@@ -27,7 +27,7 @@ from temporalio.worker import Worker
 from proxy.sdk_codec import EncryptionCodec
 from tests.e2e import sdk
 from tests.e2e.conftest import ProxyFactory
-from tests.e2e.rig import LOOPBACK, Pki, ProxyProcess, cli, jwt_authorization
+from tests.e2e.rig import LOOPBACK, Pki, ProxyProcess, cli, jwt_authorization, sample
 from tests.e2e.workflows import GreetingWorkflow, greet
 
 KEY_A = os.urandom(32)
@@ -57,7 +57,9 @@ def codec_proxy(start_proxy: ProxyFactory, pki: Pki, tmp_path: Path) -> Start:
     key_b_file = tmp_path / "key-b.b64"
     key_b_file.write_text(base64.b64encode(KEY_B).decode() + "\n")
 
-    def start(current: str, *, same_ports_as: ProxyProcess | None = None) -> Started:
+    def start(
+        current: str, *, same_ports_as: ProxyProcess | None = None, path_prefix: str = ""
+    ) -> Started:
         overrides: dict[str, Any] = {
             "authorization": jwt_authorization(pki),
             "codec": {
@@ -68,6 +70,7 @@ def codec_proxy(start_proxy: ProxyFactory, pki: Pki, tmp_path: Path) -> Start:
                 },
                 "encryptKeyId": current,
                 "cors": {"origins": [UI], "allowCredentials": True},
+                "pathPrefix": path_prefix,
             },
             "admin": {
                 "tls": {"certFile": pki.files["server.pem"], "keyFile": pki.files["server.key"]}
@@ -501,3 +504,61 @@ async def test_roles_and_cors_on_the_codec_endpoints(codec_proxy: Start, pki: Pk
     )
     assert other.status == 200
     assert "Access-Control-Allow-Origin" not in other.headers
+
+
+async def test_path_prefix_and_the_web_uis_request_shape(codec_proxy: Start, pki: Pki) -> None:
+    """Behind an ingress path (`codec.pathPrefix: /codec`): the CLI with both endpoint forms,
+    the Web UI's unexpanded `/%7Bnamespace%7D/decode` with X-Namespace, and errors a browser
+    can read (CORS on a 404); every request counted and logged once."""
+    started = await asyncio.to_thread(codec_proxy, "key-a", path_prefix="/codec")
+    proxy, base = started.proxy, started.base + "/codec"
+    secret = f"prefixed-{uuid.uuid4().hex[:8]}"
+    client, workflow_id = await run_encrypted_workflow(pki, proxy, worker_codec("key-a"), secret)
+    reader = bearer(pki.token(f"{NAMESPACE}:read", subject="ui-user"))
+    for endpoint in (base, base + "/{namespace}"):
+        decoded = await asyncio.to_thread(
+            show,
+            pki,
+            proxy,
+            workflow_id,
+            "--codec-endpoint",
+            endpoint,
+            "--codec-auth",
+            reader,
+            env=trust_ca(pki),
+        )
+        assert b64(decoded["input"], "data") == json.dumps(secret).encode(), endpoint
+
+    stored = await history_payloads(client, workflow_id)
+    body = {"payloads": [json_format_dict(stored["input"])]}
+    ui_headers = {"Authorization": reader, "Origin": UI, "X-Namespace": NAMESPACE}
+    ui = request(proxy, "POST", f"{base}/%7Bnamespace%7D/decode", body, ui_headers)
+    assert ui.status == 200, ui.body
+    assert b64(ui.json()["payloads"][0], "data") == json.dumps(secret).encode()
+    assert ui.headers["Access-Control-Allow-Origin"] == UI
+    missing = request(proxy, "POST", f"{base}/{NAMESPACE}/nothing", body, ui_headers)
+    assert missing.status == 404 and missing.json() == {"error": "not found"}
+    assert missing.headers["Access-Control-Allow-Origin"] == UI
+    assert "Origin" in missing.headers["Vary"]
+    # Outside the prefix there is no codec.
+    assert request(proxy, "POST", f"{started.base}/decode", body, ui_headers).status == 404
+
+    metrics = proxy.metrics()
+    ok = sample(metrics, "temporal_auth_proxy_codec_requests_total", operation="decode", code="200")
+    assert ok is not None and ok >= 3
+    assert (
+        sample(metrics, "temporal_auth_proxy_codec_requests_total", operation="unknown", code="404")
+        == 1
+    )
+    lines = [e for e in proxy.events() if e.get("event") == "codec_request"]
+    assert lines and all(e["level"] == "info" for e in lines)
+    assert {e["path"] for e in lines} <= {"/codec/decode", "/codec/{namespace}/decode"}
+    assert any(e["origin"] == UI and e["namespace"] == NAMESPACE for e in lines)
+    assert not [line for line in proxy.logs().splitlines() if reader.split()[1] in line]
+
+
+def json_format_dict(payload: Payload) -> dict[str, Any]:
+    from google.protobuf import json_format
+
+    result: dict[str, Any] = json_format.MessageToDict(payload)
+    return result
