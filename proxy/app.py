@@ -28,8 +28,9 @@ from proxy.audit import AuditLog
 from proxy.authz import DefaultAuthorizer, NoopAuthorizer
 from proxy.claims import DefaultJWTClaimMapper, NoopClaimMapper
 from proxy.claims.identity import build_identity_mapper
-from proxy.codec import PayloadCodec
-from proxy.codec_http import CodecLimits, codec_requires_authorization, codec_routes
+from proxy.codec.body import CodecLimits
+from proxy.codec.http import codec_requires_authorization, codec_routes
+from proxy.codec.payload import PayloadCodec
 from proxy.config import IDENTITY_MAPPERS, Config
 from proxy.errors import ConfigError
 from proxy.forward import ForwardingHandler, UpstreamPool, channel_options, close_channels

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload as TemporalPayload
 
-from proxy.codec import (
+from proxy.codec.payload import (
     COMPRESSION_KEY,
     CodecError,
     KeyNotAllowedError,

@@ -28,14 +28,9 @@ from temporalio.api.common.v1 import Payload as TemporalPayload
 from temporalio.converter import DataConverter
 
 from proxy.claims.jwt import DefaultJWTClaimMapper
-from proxy.codec import KeyRing, Payload, PayloadCodec
-from proxy.codec_http import (
-    VALUES_PER_PAYLOAD,
-    CodecLimits,
-    check_json_bounds,
-    codec_requires_authorization,
-    codec_routes,
-)
+from proxy.codec.body import VALUES_PER_PAYLOAD, CodecLimits, check_json_bounds
+from proxy.codec.http import codec_requires_authorization, codec_routes
+from proxy.codec.payload import KeyRing, Payload, PayloadCodec
 from proxy.config import CodecConfig, CorsConfig, parse_config
 from proxy.errors import ConfigError
 from proxy.keys.jwks import StaticKeyProvider

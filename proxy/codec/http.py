@@ -42,26 +42,26 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
-import re
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from aiohttp import web
-from google.protobuf import json_format
 from prometheus_client import CollectorRegistry
 
-from proxy.codec import (
+from proxy.codec.body import (
+    CodecLimits,
+    Rejected,
+    bad_request,
+    dump_payloads,
+    parse_payloads,
+)
+from proxy.codec.payload import (
     CodecError,
     KeyNotAllowedError,
     NoNamespaceKeysError,
-    Payload,
     PayloadCodec,
-    Payloads,
 )
 from proxy.config import CodecConfig, Config, CorsConfig
 from proxy.errors import ConfigError, CredentialError
@@ -73,9 +73,6 @@ __all__ = [
     "NAMESPACE_HEADER",
     "NAMESPACE_PLACEHOLDER",
     "UNAUTHORIZED",
-    "VALUES_PER_PAYLOAD",
-    "CodecLimits",
-    "check_json_bounds",
     "codec_requires_authorization",
     "codec_routes",
 ]
@@ -83,10 +80,6 @@ __all__ = [
 NAMESPACE_HEADER = "X-Namespace"
 UNAUTHORIZED = "Request unauthorized."
 _PREFLIGHT_MAX_AGE = "600"
-# JSON values (strings, keys, containers, list items) a body may hold per allowed payload. A
-# real payload has about a dozen (metadata entries, data); the bound keeps json.loads' objects
-# proportional to maxPayloads, not to the body size.
-VALUES_PER_PAYLOAD = 64
 _CHUNK = 64 * 1024
 
 _log = structlog.get_logger("proxy.codec")
@@ -102,46 +95,6 @@ class _Op(enum.Enum):
     def __init__(self, path: str, role: Role) -> None:
         self.path = path
         self.role = role
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CodecLimits:
-    """What one codec request may cost (`codec.maxBodyBytes` and friends)."""
-
-    max_body_bytes: int
-    max_payloads: int
-    max_json_depth: int
-    max_concurrent_requests: int
-    # A request waits this long for a processing slot (then 503) and must deliver its whole
-    # body within body_timeout (then 408): a slow sender cannot hold a slot forever.
-    slot_timeout: float = 10.0
-    body_timeout: float = 30.0
-
-    @classmethod
-    def from_config(cls, cfg: CodecConfig) -> CodecLimits:
-        return cls(
-            max_body_bytes=cfg.max_body_bytes,
-            max_payloads=cfg.max_payloads,
-            max_json_depth=cfg.max_json_depth,
-            max_concurrent_requests=cfg.max_concurrent_requests,
-        )
-
-    @property
-    def max_json_values(self) -> int:
-        return VALUES_PER_PAYLOAD * (self.max_payloads + 1)
-
-
-class _Rejected(Exception):
-    """A request we refuse: HTTP status, a reason label for the metric, the caller's message."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
-
-
-def _bad(message: str) -> _Rejected:
-    return _Rejected(400, "bad_request", message)
 
 
 def codec_requires_authorization(cfg: Config) -> bool:
@@ -319,7 +272,7 @@ class _CodecServer:
             # Fails before the body is read when namespaceKeys gives this namespace nothing.
             self._codec.key_ids_for(namespace)
             answer = await self._process_in_slot(op, namespace, request)
-        except _Rejected as exc:
+        except Rejected as exc:
             return self._reject(op, exc.status, exc.reason, str(exc))
         except KeyNotAllowedError as exc:
             return self._reject(op, 400, "key_not_allowed", str(exc))
@@ -340,19 +293,19 @@ class _CodecServer:
     async def _process_in_slot(self, op: _Op, namespace: str, request: web.Request) -> bytes:
         limit = self._limits.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise _Rejected(413, "body_too_large", _too_large(limit))
+            raise Rejected(413, "body_too_large", _too_large(limit))
         try:
             async with asyncio.timeout(self._limits.slot_timeout):
                 await self._slots.acquire()
         except TimeoutError:
-            raise _Rejected(503, "busy", "codec server busy, retry later") from None
+            raise Rejected(503, "busy", "codec server busy, retry later") from None
         handed_over = False
         try:
             try:
                 async with asyncio.timeout(self._limits.body_timeout):
                     body = await self._read_body(request)
             except TimeoutError:
-                raise _Rejected(
+                raise Rejected(
                     408,
                     "body_timeout",
                     f"request body not received within {self._limits.body_timeout:g}s",
@@ -415,14 +368,14 @@ class _CodecServer:
         body = bytearray()
         async for chunk in request.content.iter_chunked(_CHUNK):
             if len(body) + len(chunk) > limit:
-                raise _Rejected(413, "body_too_large", _too_large(limit))
+                raise Rejected(413, "body_too_large", _too_large(limit))
             body += chunk
         return body  # not copied to bytes: one body-sized buffer per request
 
     def _process(self, op: _Op, namespace: str, body: bytearray) -> bytes:
         """On a worker thread: parse within the limits, encode or decode, serialize."""
         try:
-            payloads = _parse_payloads(body, self._limits)
+            payloads = parse_payloads(body, self._limits)
         finally:
             # A refusal's traceback keeps the frames, and so the body, alive until the cycle
             # collector runs; a stream of hostile bodies would pile up. Free it now.
@@ -431,7 +384,7 @@ class _CodecServer:
             out = self._codec.encode(payloads, namespace)
         else:
             out = self._codec.decode(payloads, namespace)
-        return _dump_payloads(out)
+        return dump_payloads(out)
 
 
 def _too_large(limit: int) -> str:
@@ -449,119 +402,20 @@ def _namespace(request: web.Request) -> str:
         from_path = None
     from_header = request.headers.get(NAMESPACE_HEADER)
     if from_path is not None and from_header is not None and from_path != from_header:
-        raise _bad(f"namespace in the path and the {NAMESPACE_HEADER} header differ")
+        raise bad_request(f"namespace in the path and the {NAMESPACE_HEADER} header differ")
     return from_header if from_header is not None else (from_path or "")
 
 
 def _namespace_for_log(request: web.Request) -> str:
     try:
         return _namespace(request)
-    except _Rejected:
+    except Rejected:
         return request.headers.get(NAMESPACE_HEADER, "")
 
 
 def _clip(value: str, limit: int = 200) -> str:
     """Caller strings in log lines are bounded (marked when cut)."""
     return value if len(value) <= limit else value[:limit] + "...[truncated]"
-
-
-# The bytes the structural scan stops at; everything else (numbers, literals, whitespace, `:`)
-# is skipped at C speed by the regex engine, and string contents by bytes.find.
-_STRUCTURE = re.compile(rb'[\[\]{},"]')
-_QUOTE, _BACKSLASH = ord('"'), ord("\\")
-_OPENERS = frozenset(b"[{")
-_CLOSERS = frozenset(b"]}")
-_ARRAY = ord("[")
-
-
-def check_json_bounds(body: bytes | bytearray, limits: CodecLimits) -> None:
-    """Refuse a body whose JSON would exceed the limits, before building any object.
-
-    Counts tokens (containers, strings, list items), nesting depth and the objects directly
-    inside a top-level array (the payloads), and stops at the first limit crossed, so its work
-    is bounded by the limits, not by the body. It does not validate JSON (json.loads does,
-    after it); a malformed body can only make it count more, never less.
-    """
-    max_values, max_depth = limits.max_json_values, limits.max_json_depth
-    max_payloads = limits.max_payloads
-    search, find = _STRUCTURE.search, body.find
-    stack = bytearray()  # the open containers, at most max_depth
-    values = payloads = 0
-    pos = 0
-    while (m := search(body, pos)) is not None:
-        i = m.start()
-        c = body[i]
-        values += 1
-        if c == _QUOTE:
-            # Skip the string: find the next quote not escaped by an odd run of backslashes.
-            # Escaped quotes and backslash runs are charged to the budget, so a body made of
-            # them cannot make this loop long.
-            end = find(b'"', i + 1)
-            while end >= 0:
-                k = end - 1
-                while body[k] == _BACKSLASH and values <= max_values:
-                    k -= 1
-                    values += 1
-                if values > max_values or (end - 1 - k) % 2 == 0:
-                    break
-                end = find(b'"', end + 1)
-            if end < 0:
-                raise _bad("body is not valid JSON (unterminated string)")
-            pos = end + 1
-        else:
-            pos = i + 1
-            if c in _OPENERS:
-                stack.append(c)
-                if len(stack) > max_depth:
-                    raise _Rejected(
-                        400,
-                        "too_deep",
-                        f"JSON nested deeper than {max_depth} levels (codec.maxJsonDepth)",
-                    )
-                if len(stack) == 3 and stack[1] == _ARRAY:
-                    payloads += 1
-                    if payloads > max_payloads:
-                        raise _too_many_payloads(max_payloads)
-            elif c in _CLOSERS and stack:
-                stack.pop()
-        if values > max_values:
-            raise _Rejected(
-                400,
-                "too_many_values",
-                f"body holds more than {max_values} JSON values "
-                f"({VALUES_PER_PAYLOAD} per payload allowed by codec.maxPayloads)",
-            )
-
-
-def _too_many_payloads(limit: int) -> _Rejected:
-    return _Rejected(
-        400, "too_many_payloads", f"more than {limit} payloads in one request (codec.maxPayloads)"
-    )
-
-
-def _parse_payloads(body: bytes | bytearray, limits: CodecLimits) -> list[Payload]:
-    check_json_bounds(body, limits)
-    # json_format.Parse accepts any JSON value (`[]` becomes an empty message), so the shape
-    # is checked here first.
-    try:
-        raw: Any = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _bad("body is not valid JSON") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("payloads"), list):
-        raise _bad('body must be a JSON object {"payloads": [...]}')
-    if len(raw["payloads"]) > limits.max_payloads:
-        raise _too_many_payloads(limits.max_payloads)
-    try:
-        message = json_format.ParseDict(raw, Payloads(), ignore_unknown_fields=True)
-    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
-        raise _bad(f"body is not a valid Payloads message: {exc}") from None
-    return list(message.payloads)
-
-
-def _dump_payloads(payloads: list[Payload]) -> bytes:
-    # Built by hand so an empty list is still written as "payloads": [] (clients index it).
-    data = {"payloads": [json_format.MessageToDict(p) for p in payloads]}
-    return json.dumps(data, separators=(",", ":")).encode()
 
 
 def _error(status: int, message: str) -> web.Response:

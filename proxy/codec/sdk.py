@@ -1,8 +1,9 @@
 """`EncryptionCodec`: the proxy's payload codec as a `temporalio` PayloadCodec for SDK workers.
 
 Needs the optional `worker` extra (`pip install temporal-auth-proxy[worker]`). It runs the same
-`proxy.codec.PayloadCodec` as the Codec Server, handing it each payload as serialized bytes, so
-what a worker writes is byte-for-byte the format the server decodes, and the other way round::
+`proxy.codec.payload.PayloadCodec` as the Codec Server, handing it each payload as serialized
+bytes, so what a worker writes is byte-for-byte the format the server decodes, and the other
+way round::
 
     codec = EncryptionCodec({"2024-01": key_bytes}, encrypt_key_id="2024-01")
     client = await Client.connect(
@@ -18,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec as _SDKPayloadCodec
 
-from proxy.codec import ENCODING_ENCRYPTED, ENCODING_KEY, KeyRing, PayloadCodec
+from proxy.codec.payload import ENCODING_ENCRYPTED, ENCODING_KEY, KeyRing, PayloadCodec
 
 __all__ = ["EncryptionCodec"]
 

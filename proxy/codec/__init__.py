@@ -1,0 +1,1 @@
+"""The Codec Server: payload crypto, request bounds, HTTP endpoints, the SDK PayloadCodec."""
