@@ -9,6 +9,10 @@ the next fetch; a bad file fails startup with its key path; https never redirect
 from __future__ import annotations
 
 import base64
+import json
+import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,6 +162,7 @@ async def test_the_private_ca_replaces_the_system_roots_and_checks_the_host_name
         server.close()
     context = CaTrust(files=[ca_file(tmp_path, ca)], path="x").context()
     assert context.check_hostname
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
     assert [c["subject"] for c in context.get_ca_certs()] == [
         ((("organizationName", "temporal-auth-proxy dev"),), (("commonName", "private IdP CA"),))
     ]
@@ -259,6 +264,21 @@ def test_a_missing_ca_file_fails_startup_with_its_key_path(tmp_path: Path) -> No
     err = startup_error(raw_issuer(rootCaFiles=[str(tmp_path / "absent.pem")]))
     assert err.path == "authorization.idp.issuers[0].rootCaFiles[0]"
     assert "file not found" in err.message
+
+
+def test_check_config_reports_a_missing_ca_file_with_its_key_path(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    raw = raw_issuer(rootCaFiles=[str(tmp_path / "absent.pem")])
+    raw["authorization"]["authorizer"] = "default"
+    config.write_text(json.dumps(raw))  # JSON is YAML
+    r = subprocess.run(
+        [sys.executable, "-m", "proxy", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "authorization.idp.issuers[0].rootCaFiles[0]: file not found" in r.stderr
 
 
 def test_a_ca_file_that_is_not_pem_fails_startup(tmp_path: Path) -> None:
