@@ -105,6 +105,9 @@ class JWTKeyProviderConfig:
     refresh_interval: float = field(default=0.0, metadata=_kind("duration"))
     # Ours: Temporal has no timeout on JWKS fetches.
     fetch_timeout: float = field(default=10.0, metadata=_kind("duration"))
+    # Ours: a private CA for https key sources; it replaces the system roots for them.
+    root_ca_files: tuple[str, ...] = field(default=(), metadata=_kind("ca_list"))
+    root_ca_data: tuple[str, ...] = field(default=(), metadata=_kind("pem_ca_list"))
 
 
 # Ours, opt-in ("Identity without code" in the README): certificate rules, a mapper chain and
@@ -158,6 +161,9 @@ class IssuerConfig:
     refresh_interval: float = field(default=300.0, metadata=_kind("duration"))
     refetch_interval: float = field(default=30.0, metadata=_kind("duration"))  # 0 = never
     fetch_timeout: float = field(default=10.0, metadata=_kind("duration"))
+    # A private CA for this issuer's https discovery and JWKS; replaces the system roots.
+    root_ca_files: tuple[str, ...] = field(default=(), metadata=_kind("ca_list"))
+    root_ca_data: tuple[str, ...] = field(default=(), metadata=_kind("pem_ca_list"))
     role_claims: tuple[RoleClaimConfig, ...] = ()
     permissions_claim: str = ""  # also read a Temporal-style namespace:permission list
 
@@ -631,6 +637,10 @@ def _validate(cfg: Config) -> None:
         )
     if not az.auth_header_name.strip():
         raise ConfigError("authorization.authHeaderName", "must not be empty")
+    kp = az.jwt_key_provider
+    _validate_ca(
+        "authorization.jwtKeyProvider", kp.root_ca_files, kp.root_ca_data, kp.key_source_uris
+    )
     _validate_identity(cfg)
     if cfg.admin.tls.enabled and not (cfg.admin.tls.cert_file and cfg.admin.tls.key_file):
         raise ConfigError("admin.tls", "needs both certFile and keyFile")
@@ -825,10 +835,24 @@ def _validate_idp(idp: IdpConfig) -> None:
             raise ConfigError(f"{path}.subjectClaim", "must not be empty")
         if iss.fetch_timeout <= 0:
             raise ConfigError(f"{path}.fetchTimeout", "must be positive")
+        remote_uri = iss.jwks_uri or iss.discovery_uri or (iss.issuer if iss.discovery else "")
+        _validate_ca(path, iss.root_ca_files, iss.root_ca_data, (remote_uri,))
         if not iss.role_claims and not iss.permissions_claim:
             raise ConfigError(
                 f"{path}.roleClaims", "map at least one claim (roleClaims or permissionsClaim)"
             )
+
+
+def _validate_ca(
+    path: str, files: tuple[str, ...], data: tuple[str, ...], uris: tuple[str, ...]
+) -> None:
+    """A key source's private CA: one form, and an https URI it can apply to."""
+    if files and data:
+        raise ConfigError(f"{path}.rootCaFiles", "cannot specify both rootCaFiles and rootCaData")
+    key = "rootCaFiles" if files else "rootCaData"
+    if (files or data) and not any(u.strip().lower().startswith("https://") for u in uris):
+        # A CA that verifies nothing is a mistake: an http source would stay unauthenticated.
+        raise ConfigError(f"{path}.{key}", "applies to https key sources, and none is configured")
 
 
 IDP_ALGORITHMS = (

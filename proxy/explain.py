@@ -15,9 +15,11 @@ from proxy.authz import required_role
 from proxy.config import Config
 from proxy.errors import ConfigError
 from proxy.keys.build import build_key_provider
+from proxy.keys.fetch import redact_uri
+from proxy.keys.idp import IdpKeys
 from proxy.keys.jwks import JwksKeyProvider
 from proxy.metrics import ProxyMetrics
-from proxy.model import Claims, MethodInfo, PeerIdentity, Role, Scope
+from proxy.model import Claims, MethodInfo, PeerIdentity, Reason, Role, Scope
 from proxy.pipeline import Gate, Verdict, encode_len_field
 from proxy.tls.peer import identity_from_pem
 
@@ -53,6 +55,8 @@ class Explanation:
     reason: str
     rule: str
     details: list[str] = field(default_factory=list)
+    # Key sources that could not be loaded here: {"source": key path, "issuer", "error"}.
+    key_failures: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def allowed(self) -> bool:
@@ -78,6 +82,7 @@ class Explanation:
             "reason": self.reason,
             "rule": self.rule,
             "details": self.details,
+            "key_failures": self.key_failures,
         }
 
     def as_text(self) -> str:
@@ -99,6 +104,7 @@ class Explanation:
         lines.append(f"decision:  {self.decision.upper()} ({self.reason})")
         lines.append(f"rule:      {self.rule}")
         lines.extend(f"detail:    {d}" for d in self.details)
+        lines.extend(f"keys:      not loaded: {_describe_failure(f)}" for f in self.key_failures)
         return "\n".join(lines)
 
 
@@ -164,22 +170,45 @@ def _rule(info: MethodInfo, verdict: Verdict, required: int | None) -> str:
     return f"credentials refused ({reason})"
 
 
+def _source_root(keys: JwksKeyProvider | IdpKeys) -> str:
+    if isinstance(keys, JwksKeyProvider):
+        return "authorization.jwtKeyProvider.keySourceURIs"
+    return "authorization.idp.issuers"
+
+
+def _key_failures(keys: JwksKeyProvider | IdpKeys) -> list[dict[str, str]]:
+    """The sources whose last refresh failed, with the config key that names them."""
+    if isinstance(keys, JwksKeyProvider):
+        if keys.last_error is None:
+            return []
+        return [{"source": _source_root(keys), "issuer": "", "error": keys.last_error}]
+    return [
+        {
+            "source": f"authorization.idp.issuers[{i}]",
+            "issuer": redact_uri(issuer.issuer),
+            "error": issuer.last_error,
+        }
+        for i, issuer in enumerate(keys.issuers)
+        if issuer.last_error is not None
+    ]
+
+
+def _describe_failure(failure: dict[str, str]) -> str:
+    who = f" (issuer {failure['issuer']!r})" if failure["issuer"] else ""
+    return f"{failure['source']}{who}: {failure['error']}"
+
+
 async def explain(
     cfg: Config, *, method: str, namespace: str, token: str = "", cert_pem: bytes | None = None
 ) -> Explanation:
     info = resolve_method(method)
     capture = _Capture()
     keys = build_key_provider(cfg, ProxyMetrics(CollectorRegistry(), method_names=()), capture)
-    if keys is not None and not await keys.refresh():
-        failures = [
-            e.get("error", "") for e in capture.events if e["event"] == "jwks_refresh_failed"
-        ]
-        path = (
-            "authorization.jwtKeyProvider.keySourceURIs"
-            if isinstance(keys, JwksKeyProvider)
-            else "authorization.idp.issuers"
-        )
-        raise ConfigError(path, "no key source could be loaded: " + "; ".join(failures))
+    failures: list[dict[str, str]] = []
+    if keys is not None:
+        # As `serve`, one source that cannot be loaded does not stop the others from deciding.
+        await keys.refresh()
+        failures = _key_failures(keys)
     mapper = build_claim_mapper(cfg, keys, capture)
     gate = Gate(
         claim_mapper=mapper,
@@ -199,6 +228,15 @@ async def explain(
             raise ConfigError("--cert", "is not a PEM certificate")
     header = token if not token or " " in token else f"Bearer {token}"
     verdict = await gate.check(info, _request_for(info, namespace), token=header, peer=peer)
+    if verdict.result.reason is Reason.NO_KEYS and keys is not None:
+        # The token needs keys this machine could not load: `serve`, which may reach the key
+        # source, could decide otherwise, so there is no decision to show.
+        missing = _key_failures(keys) or failures
+        raise ConfigError(
+            missing[0]["source"] if len(missing) == 1 else _source_root(keys),
+            "the keys this token needs could not be loaded: "
+            + ("; ".join(_describe_failure(f) for f in missing) or "no key set loaded"),
+        )
     required = required_role(info) if verdict.result.reason.value != "unknown_method" else None
     details = [
         f"{e['event']}: {e.get('error') or e.get('reason', '')}"
@@ -220,6 +258,7 @@ async def explain(
         reason=verdict.result.reason.value,
         rule=_rule(info, verdict, required),
         details=details,
+        key_failures=failures,
     )
 
 

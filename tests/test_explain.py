@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from proxy.dev.pki import (
 from proxy.errors import ConfigError
 from proxy.explain import Explanation, explain, render, resolve_method
 from proxy.model import Claims, Role
+from tests.https_idp import HttpsIdp
 
 WS = methods.WORKFLOW_SERVICE_PREFIX
 OS = methods.OPERATOR_SERVICE_PREFIX
@@ -346,6 +348,7 @@ async def test_render_json_and_text(cfg: Config, setup: Setup) -> None:
         "reason": "allowed",
         "rule": "namespace-scope read: system 0 | namespace['default'] 2 = 2 >= 2",
         "details": [],
+        "key_failures": [],
     }
     text = render(e, as_json=False)
     assert "decision:  ALLOW (allowed)" in text
@@ -439,3 +442,91 @@ def test_cli_bad_config_exits_2(tmp_path: Path) -> None:
     assert "bogusSection" in r.stderr
     r = cli("--config", str(tmp_path / "missing.yaml"), "--method", "DescribeNamespace")
     assert r.returncode == 2
+
+
+# --------------------------------------- one issuer's keys cannot be loaded (issue 16 item 10)
+
+HEALTHY = "https://healthy.example.test"
+
+
+@pytest.fixture
+def two_issuers(setup: Setup, tmp_path: Path) -> Iterator[tuple[Path, HttpsIdp]]:
+    """A config with a healthy issuer (JWKS from a file URI) and an https one whose private
+    CA is not configured, so its keys cannot be loaded."""
+    idp = HttpsIdp(CertificateAuthority.create("unconfigured CA"), tmp_path, keys=[])
+    raw = yaml.safe_load(setup.config_path.read_text())
+    common = {"audience": ["temporal"], "permissionsClaim": "permissions"}
+    raw["authorization"] = {
+        "authorizer": "default",
+        "claimMapper": "idp",
+        "idp": {
+            "issuers": [
+                {"issuer": HEALTHY, "jwksUri": (setup.dir / "jwks.json").as_uri(), **common},
+                {"issuer": idp.issuer, "discovery": True, "fetchTimeout": "5s", **common},
+            ]
+        },
+    }
+    path = tmp_path / "two-issuers.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    yield path, idp
+    idp.close()
+
+
+def idp_token(setup: Setup, issuer: str, *perms: str) -> str:
+    return mint_token(
+        setup.key_pem,
+        kid=KID,
+        subject="alice",
+        permissions=perms,
+        audience="temporal",
+        extra_claims={"iss": issuer},
+    )
+
+
+def test_a_healthy_issuers_token_is_decided_when_another_issuers_keys_fail(
+    setup: Setup, two_issuers: tuple[Path, HttpsIdp]
+) -> None:
+    path, idp = two_issuers
+    args = ("--config", str(path), "--method", "DescribeNamespace", "--namespace", "default")
+    allowed = cli(*args, "--token", idp_token(setup, HEALTHY, "default:read"))
+    assert allowed.returncode == 0, allowed.stderr
+    assert "decision:  ALLOW (allowed)" in allowed.stdout
+    failed = [line for line in allowed.stdout.splitlines() if line.startswith("keys:")]
+    assert len(failed) == 1, allowed.stdout
+    assert "authorization.idp.issuers[1]" in failed[0]
+    assert idp.issuer in failed[0] and "CERTIFICATE_VERIFY_FAILED" in failed[0]
+    denied = cli(*args, "--token", idp_token(setup, HEALTHY, "other:read"), "--json")
+    assert denied.returncode == 1, denied.stderr
+    body = json.loads(denied.stdout)
+    assert body["reason"] == "insufficient_role"
+    assert [f["source"] for f in body["key_failures"]] == ["authorization.idp.issuers[1]"]
+
+
+def test_a_token_of_the_issuer_whose_keys_failed_cannot_be_decided(
+    setup: Setup, two_issuers: tuple[Path, HttpsIdp]
+) -> None:
+    path, idp = two_issuers
+    r = cli(
+        "--config",
+        str(path),
+        "--method",
+        "DescribeNamespace",
+        "--namespace",
+        "default",
+        "--token",
+        idp_token(setup, idp.issuer, "default:read"),
+    )
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stdout == ""
+    assert "authorization.idp.issuers[1]" in r.stderr
+    assert "keys this token needs could not be loaded" in r.stderr
+
+
+async def test_a_call_that_needs_no_keys_is_decided_when_the_jwks_fails(setup: Setup) -> None:
+    missing = (setup.dir / "missing-jwks.json").as_uri()
+    cfg = setup.config(jwtKeyProvider={"keySourceURIs": [missing]})
+    e = await run(cfg, "DescribeNamespace", cert_pem=setup.client_pem)
+    assert (e.decision, e.reason) == ("deny", "insufficient_role")
+    (failure,) = e.key_failures
+    assert failure["source"] == "authorization.jwtKeyProvider.keySourceURIs"
+    assert "No such file" in failure["error"] or "FileNotFoundError" in failure["error"]

@@ -23,6 +23,7 @@ from proxy.keys.idp import (
 )
 from proxy.keys.jwk import load_public_key_pem
 from proxy.keys.jwks import JwksKeyProvider
+from proxy.keys.trust import CaTrust
 
 _ISSUERS = "authorization.idp.issuers"
 
@@ -43,6 +44,7 @@ def build_key_provider(
     if "jwt" not in used:
         return None
     kp = cfg.authorization.jwt_key_provider
+    trust = _trust(kp.root_ca_files, kp.root_ca_data, "authorization.jwtKeyProvider", logger)
     try:
         return JwksKeyProvider(
             kp.key_source_uris,
@@ -50,9 +52,19 @@ def build_key_provider(
             fetch_timeout=kp.fetch_timeout,
             logger=logger,
             on_refresh=lambda ok, n: metrics.on_jwks_refresh(ok, n, time.time()),
+            trust=trust,
         )
     except ValueError as exc:  # a blank list, a URI we cannot fetch, a negative interval
         raise ConfigError("authorization.jwtKeyProvider.keySourceURIs", str(exc)) from exc
+
+
+def _trust(
+    files: tuple[str, ...], data: tuple[str, ...], where: str, logger: Logger | None
+) -> CaTrust | None:
+    """The source's private CA, read and parsed now (errors name the key); None: system roots."""
+    if not files and not data:
+        return None
+    return CaTrust(files=files, data=data, path=where, logger=logger)
 
 
 def _read(path: str, where: str) -> bytes:
@@ -99,6 +111,7 @@ def build_idp_keys(
                     refetch_interval=iss.refetch_interval,
                     fetch_timeout=iss.fetch_timeout,
                     logger=logger,
+                    trust=_trust(iss.root_ca_files, iss.root_ca_data, where, logger),
                 )
             )
         except ValueError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -21,6 +22,7 @@ import structlog
 
 from proxy.errors import KeySourceError
 from proxy.interfaces import Logger
+from proxy.keys.trust import CaTrust
 
 # A JWKS document is small; anything this large is a misconfigured URI, not a key set.
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
@@ -52,14 +54,35 @@ def redact_uri(uri: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def build_opener() -> urllib.request.OpenerDirector:
-    """Only HTTP(S) handlers: a redirect must not turn into an ftp:// or file:// read."""
+class _NoDowngradeRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but never from https to http: that would skip the verification."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        old = urllib.parse.urlsplit(req.full_url).scheme.lower()
+        if old == "https" and urllib.parse.urlsplit(newurl).scheme.lower() != "https":
+            raise KeySourceError(f"refused redirect from https to {redact_uri(newurl)}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def build_opener(context: ssl.SSLContext | None = None) -> urllib.request.OpenerDirector:
+    """Only HTTP(S) handlers: a redirect must not turn into an ftp:// or file:// read.
+
+    `context` (a source's private CA) verifies every https connection of this opener,
+    redirects included; None means the system roots."""
     opener = urllib.request.OpenerDirector()
     for handler in (
         urllib.request.ProxyHandler(),
         urllib.request.HTTPHandler(),
-        urllib.request.HTTPSHandler(),
-        urllib.request.HTTPRedirectHandler(),
+        urllib.request.HTTPSHandler(context=context),
+        _NoDowngradeRedirect(),
         urllib.request.HTTPDefaultErrorHandler(),
         urllib.request.HTTPErrorProcessor(),
     ):
@@ -139,6 +162,7 @@ class RefreshedSource(abc.ABC, Generic[T]):
         fetch_timeout: float,
         logger: Logger | None,
         wall_clock: Callable[[], float] = time.time,
+        trust: CaTrust | None = None,
     ) -> None:
         if refresh_interval < 0:
             raise ValueError("refresh_interval must not be negative")
@@ -149,11 +173,13 @@ class RefreshedSource(abc.ABC, Generic[T]):
         self._log: Logger = logger if logger is not None else structlog.get_logger()
         self._wall = wall_clock
         self._opener = build_opener()
+        self._trust = trust
         self._generation = 0
         self._loaded = False
         self._attempted = False
         self._last_success: float | None = None
         self._last_uri = ""
+        self._last_error: str | None = None
         self._lock = asyncio.Lock()
 
     # -- what a subclass provides
@@ -180,6 +206,11 @@ class RefreshedSource(abc.ABC, Generic[T]):
     def last_success(self) -> float | None:
         return self._last_success
 
+    @property
+    def last_error(self) -> str | None:
+        """Why the last refresh failed (the logged error); None after a success or none yet."""
+        return self._last_error
+
     # -- refreshing
 
     async def _fetch(self, uri: str) -> bytes:
@@ -187,7 +218,13 @@ class RefreshedSource(abc.ABC, Generic[T]):
         # The thread cannot be cancelled; urllib's own timeout bounds it, asyncio.timeout
         # bounds how long we wait (a slow-drip server can outlast a per-read timeout).
         async with asyncio.timeout(self._fetch_timeout):
-            return await asyncio.to_thread(fetch_blocking, uri, self._fetch_timeout, self._opener)
+            return await asyncio.to_thread(self._fetch_in_thread, uri)
+
+    def _fetch_in_thread(self, uri: str) -> bytes:
+        # The CA files are re-read here, off the event loop, so a rotated CA counts from the
+        # next fetch on; an unchanged file reuses the context.
+        opener = self._opener if self._trust is None else build_opener(self._trust.context())
+        return fetch_blocking(uri, self._fetch_timeout, opener)
 
     async def refresh(self) -> bool:
         """Load a new value and swap it in; keep the old one on any failure. Never raises."""
@@ -196,11 +233,14 @@ class RefreshedSource(abc.ABC, Generic[T]):
             try:
                 value = await self._load()
             except TimeoutError:
-                self._failed(self._last_uri, f"timed out after {self._fetch_timeout:g}s")
+                self._last_error = f"timed out after {self._fetch_timeout:g}s"
+                self._failed(self._last_uri, self._last_error)
                 return False
             except Exception as exc:  # a refresh must never kill the loop
-                self._failed(self._last_uri, describe(exc))
+                self._last_error = describe(exc)
+                self._failed(self._last_uri, self._last_error)
                 return False
+            self._last_error = None
             self._generation += 1
             self._loaded = True
             self._last_success = self._wall()

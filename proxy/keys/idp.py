@@ -22,6 +22,7 @@ from proxy.errors import KeySourceError
 from proxy.interfaces import Logger, TaskSpawner
 from proxy.keys.fetch import RefreshedSource, check_uri, json_document, redact_uri
 from proxy.keys.jwk import check_x5, parse_ec, parse_okp, parse_rsa, short
+from proxy.keys.trust import CaTrust
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 
@@ -142,6 +143,7 @@ class IssuerKeys(RefreshedSource[tuple[VerificationKey, ...]]):
         on_refresh: Callable[[bool], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        trust: CaTrust | None = None,
     ) -> None:
         if jwks_uri and discovery_uri:
             raise ValueError("give jwks_uri or discovery_uri, not both")
@@ -157,6 +159,7 @@ class IssuerKeys(RefreshedSource[tuple[VerificationKey, ...]]):
             fetch_timeout=fetch_timeout,
             logger=logger,
             wall_clock=wall_clock,
+            trust=trust,
         )
         self.issuer = issuer
         self._jwks_uri = jwks_uri

@@ -20,6 +20,7 @@ from proxy.errors import CredentialError, KeySourceError
 from proxy.interfaces import Logger
 from proxy.keys.fetch import RefreshedSource, check_uri, json_document, redact_uri
 from proxy.keys.jwk import b64url_member, check_x5, parse_ec, parse_rsa, short
+from proxy.keys.trust import CaTrust
 from proxy.model import Reason
 
 
@@ -141,6 +142,7 @@ class JwksKeyProvider(RefreshedSource[KeySet]):
         fetch_timeout: float = 10.0,
         logger: Logger | None = None,
         on_refresh: Callable[[bool, int], None] | None = None,
+        trust: CaTrust | None = None,
     ) -> None:
         self._uris = tuple(u.strip() for u in uris if u.strip())
         if not self._uris:
@@ -148,7 +150,10 @@ class JwksKeyProvider(RefreshedSource[KeySet]):
         for uri in self._uris:
             check_uri(uri)  # fail at startup, not at the first refresh
         super().__init__(
-            refresh_interval=refresh_interval, fetch_timeout=fetch_timeout, logger=logger
+            refresh_interval=refresh_interval,
+            fetch_timeout=fetch_timeout,
+            logger=logger,
+            trust=trust,
         )
         self._on_refresh = on_refresh
         self._keys = KeySet()
