@@ -1,0 +1,303 @@
+"""Encrypt a request's payloads and decrypt a response's, bytes in and bytes out, for one call.
+
+The wiring calls these only for namespaces with encryption on, after authorization:
+
+    plan = EncryptionPlan.load()                                   # once, at startup
+    keys = NamespaceKeys.for_ring(ring, "2026-11")                 # per namespace, per config
+    sealed = encrypt_request(plan, method, body, keys, reject_unknown=True)
+    opened = decrypt_response(plan, method, response_body, keys)
+    details = decrypt_status_details(plan, grpc_status_details_bin, keys)
+
+Requests: every plaintext payload is sealed with the namespace's current key; payloads already
+`binary/encrypted` (an SDK codec) pass unchanged; Temporal system Nexus envelopes (metadata
+`__temporal_system_payload`) are read by the server, so they are opened and only the payloads
+inside are sealed. Responses: every `binary/encrypted` payload is opened with a key the namespace
+may use; anything else raises `DecryptionError` (never passed on as if it were plaintext).
+A response that cannot hold an encrypted payload is returned as the same bytes object, untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import DecodeError, Message
+
+from proxy.codec import ENCODING_ENCRYPTED, ENCODING_KEY
+from proxy.encryption.errors import (
+    DecryptFailure,
+    DecryptionError,
+    UnknownFieldError,
+    UnsupportedMethodError,
+)
+from proxy.encryption.keys import NamespaceKeys, PayloadOpenError
+from proxy.encryption.plan import EncryptionPlan, MethodPlan, TypePlan
+from proxy.encryption.unknown import discard_if_clean, unknown_paths
+
+__all__ = [
+    "Decrypted",
+    "Encrypted",
+    "decrypt_message",
+    "decrypt_response",
+    "decrypt_status_details",
+    "encrypt_message",
+    "encrypt_request",
+    "find_unknown_fields",
+]
+
+# Temporal system Nexus envelopes (api-go proxy/system_nexus.go, temporalio.nexus.system).
+SYSTEM_PAYLOAD_KEY = "__temporal_system_payload"
+SYSTEM_MESSAGE_TYPE_KEY = "messageType"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Encrypted:
+    """The request to forward and what happened to it (for metrics and logs)."""
+
+    body: bytes
+    encrypted: int  # payloads sealed here
+    passed: int  # payloads that arrived already encrypted
+    unknown_fields: tuple[str, ...]  # only with reject_unknown=False: counted, forwarded
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decrypted:
+    body: bytes
+    decrypted: int
+
+
+def _method(plan: EncryptionPlan, method: str) -> MethodPlan:
+    mp = plan.methods.get(method)
+    if mp is None:
+        # Fail closed: a namespace call the shipped API does not define cannot be inspected.
+        raise UnsupportedMethodError(f"{method}: not in the shipped Temporal API descriptors")
+    return mp
+
+
+def _parse(cls: type[Message], body: bytes, what: str) -> Any:
+    try:
+        return cls.FromString(body)
+    except DecodeError as exc:
+        raise UnsupportedMethodError(f"{what}: body is not a valid {cls.__name__}") from exc
+
+
+class _Sealer:
+    """Visitor for requests: seal plaintext payloads, collect opaque places."""
+
+    __slots__ = ("_keys", "_plan", "changed", "check_unknown", "opaque", "passed")
+
+    def __init__(self, plan: EncryptionPlan, keys: NamespaceKeys, check_unknown: bool) -> None:
+        self._plan = plan
+        self._keys = keys
+        self.check_unknown = check_unknown
+        self.changed = 0
+        self.passed = 0
+        self.opaque: list[str] = []
+
+    def payload(self, payload: Any, /) -> None:
+        metadata = payload.metadata
+        if metadata.get(ENCODING_KEY) == ENCODING_ENCRYPTED:
+            self.passed += 1
+        elif SYSTEM_PAYLOAD_KEY in metadata:
+            _visit_envelope(self._plan, payload, self)
+        else:
+            self._keys.seal_into(payload)
+            self.changed += 1
+
+    def opaque_any(self, type_name: str, /) -> None:
+        self.opaque.append(f"Any<{type_name}>")
+
+    def any_body(self, body: Message, raw: bytes, /) -> None:
+        if self.check_unknown and not discard_if_clean(body, raw):
+            fresh = type(body).FromString(raw)
+            name = body.DESCRIPTOR.full_name
+            self.opaque.extend(f"Any<{name}>.{p}" for p in unknown_paths(fresh))
+            # Keep the caller's bytes: continue on the fresh copy's content.
+            body.CopyFrom(fresh)
+
+
+class _Opener:
+    """Visitor for responses: open every encrypted payload or fail the call."""
+
+    __slots__ = ("_keys", "_method", "_plan", "changed", "opaque")
+
+    def __init__(self, plan: EncryptionPlan, keys: NamespaceKeys, method: str) -> None:
+        self._plan = plan
+        self._keys = keys
+        self._method = method
+        self.changed = 0
+        self.opaque: list[str] = []
+
+    def payload(self, payload: Any, /) -> None:
+        metadata = payload.metadata
+        if metadata.get(ENCODING_KEY) == ENCODING_ENCRYPTED:
+            try:
+                self._keys.open_into(payload)
+            except PayloadOpenError as exc:
+                raise DecryptionError(exc.reason, self._method, exc.detail) from None
+            except DecodeError:
+                raise DecryptionError(
+                    DecryptFailure.MALFORMED, self._method, "decrypted bytes are not a Payload"
+                ) from None
+            self.changed += 1
+        elif SYSTEM_PAYLOAD_KEY in metadata:
+            _visit_envelope(self._plan, payload, self)
+
+    def opaque_any(self, type_name: str, /) -> None:
+        # Unknown types in responses pass as they are: an encrypted payload inside stays sealed.
+        self.opaque.append(type_name)
+
+    def any_body(self, body: Message, raw: bytes, /) -> None:
+        return None
+
+
+def _visit_envelope(plan: EncryptionPlan, payload: Any, v: _Sealer | _Opener) -> None:
+    """A system Nexus envelope: the server reads it, so only the payloads inside are visited."""
+    raw_type = payload.metadata.get(SYSTEM_MESSAGE_TYPE_KEY, b"")
+    type_name = raw_type.decode("utf-8", "replace")
+    inner = plan.types.get(type_name)
+    if inner is None:
+        if plan.api.find_message(type_name) is None:
+            v.opaque_any(f"envelope:{type_name}")
+        return
+    try:
+        body = inner.message_class.FromString(payload.data)
+    except DecodeError:
+        v.opaque_any(f"envelope:{type_name}")
+        return
+    before = v.changed
+    inner.walk(body, v)
+    if v.changed != before:
+        payload.data = body.SerializeToString()
+
+
+def encrypt_request(
+    plan: EncryptionPlan,
+    method: str,
+    body: bytes,
+    keys: NamespaceKeys,
+    *,
+    reject_unknown: bool = True,
+) -> Encrypted:
+    """Seal every plaintext payload of a request. Raises `UnknownFieldError` (reject_unknown)
+    or `UnsupportedMethodError` (method not in the API, body not parseable)."""
+    mp = _method(plan, method)
+    return _seal(plan, mp.request_class, mp.request, body, keys, reject_unknown, method)
+
+
+def encrypt_message(
+    plan: EncryptionPlan, type_name: str, body: bytes, keys: NamespaceKeys
+) -> Encrypted:
+    """Seal every payload of any API message by its full type name (tests, benchmarks, and
+    re-encrypting stored data); unknown fields are reported, not refused."""
+    tp = plan.types.get(type_name)
+    desc = plan.api.find_message(type_name)
+    if desc is None:
+        raise UnsupportedMethodError(f"{type_name}: not in the shipped Temporal API descriptors")
+    return _seal(plan, plan.api.message_class(desc), tp, body, keys, False, type_name)
+
+
+def _seal(
+    plan: EncryptionPlan,
+    cls: type[Message],
+    tp: TypePlan | None,
+    body: bytes,
+    keys: NamespaceKeys,
+    reject_unknown: bool,
+    label: str,
+) -> Encrypted:
+    msg = _parse(cls, body, label)
+    unknown: tuple[str, ...] = ()
+    if not discard_if_clean(msg, body):
+        msg = cls.FromString(body)  # restore what the check dropped
+        unknown = unknown_paths(msg)
+    sealer = _Sealer(plan, keys, check_unknown=True)
+    if tp is not None:
+        tp.walk(msg, sealer)
+    unknown = (*unknown, *sealer.opaque)
+    if unknown and reject_unknown:
+        raise UnknownFieldError(label, unknown)
+    out = msg.SerializeToString() if sealer.changed else body
+    return Encrypted(
+        body=out, encrypted=sealer.changed, passed=sealer.passed, unknown_fields=unknown
+    )
+
+
+def _open(tp: TypePlan | None, body: bytes, v: _Opener) -> bytes:
+    # Cheap precheck in C: no encrypted payload can be inside bytes that never spell it.
+    if tp is None or ENCODING_ENCRYPTED not in body:
+        return body
+    msg = _parse(tp.message_class, body, tp.full_name)
+    tp.walk(msg, v)
+    return msg.SerializeToString() if v.changed else body
+
+
+def decrypt_response(
+    plan: EncryptionPlan, method: str, body: bytes, keys: NamespaceKeys
+) -> Decrypted:
+    """Open every encrypted payload of a response; `DecryptionError` when one cannot be."""
+    mp = _method(plan, method)
+    opener = _Opener(plan, keys, method)
+    out = _open(mp.response, body, opener)
+    return Decrypted(body=out, decrypted=opener.changed)
+
+
+def decrypt_message(
+    plan: EncryptionPlan, type_name: str, body: bytes, keys: NamespaceKeys
+) -> Decrypted:
+    """Open every encrypted payload of any API message by its full type name."""
+    if plan.api.find_message(type_name) is None:
+        raise UnsupportedMethodError(f"{type_name}: not in the shipped Temporal API descriptors")
+    opener = _Opener(plan, keys, type_name)
+    out = _open(plan.types.get(type_name), body, opener)
+    return Decrypted(body=out, decrypted=opener.changed)
+
+
+def decrypt_status_details(
+    plan: EncryptionPlan, method: str, details: bytes, keys: NamespaceKeys
+) -> Decrypted:
+    """Open payloads in `grpc-status-details-bin` (a google.rpc.Status whose details are Any:
+    QueryFailedFailure, MultiOperationExecutionFailure carry failures with payloads)."""
+    opener = _Opener(plan, keys, method)
+    out = _open(plan.status, details, opener)
+    return Decrypted(body=out, decrypted=opener.changed)
+
+
+def find_unknown_fields(plan: EncryptionPlan, method: str, body: bytes) -> tuple[str, ...]:
+    """The request's unknown LEN/group field paths (see `proxy.encryption.unknown`), without
+    encrypting anything (for `explain` and tests)."""
+    mp = _method(plan, method)
+    msg = _parse(mp.request_class, body, method)
+    if discard_if_clean(msg, body):
+        found: tuple[str, ...] = ()
+    else:
+        found = unknown_paths(mp.request_class.FromString(body))
+    if mp.request is None:
+        return found
+    msg = mp.request_class.FromString(body)
+    probe = _Probe()
+    mp.request.walk(msg, probe)
+    return (*found, *probe.opaque)
+
+
+class _Probe:
+    """A visitor that changes nothing: finds unknown Any types and unknown fields in Any bodies."""
+
+    __slots__ = ("changed", "opaque")
+
+    def __init__(self) -> None:
+        self.changed = 0
+        self.opaque: list[str] = []
+
+    def payload(self, payload: Any, /) -> None:
+        return None
+
+    def opaque_any(self, type_name: str, /) -> None:
+        self.opaque.append(f"Any<{type_name}>")
+
+    def any_body(self, body: Message, raw: bytes, /) -> None:
+        if not discard_if_clean(body, raw):
+            fresh = type(body).FromString(raw)
+            self.opaque.extend(
+                f"Any<{body.DESCRIPTOR.full_name}>.{p}" for p in unknown_paths(fresh)
+            )
