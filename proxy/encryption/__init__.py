@@ -20,6 +20,7 @@ from proxy.encryption.errors import (
     DecryptFailure,
     DecryptionError,
     EncryptionError,
+    LimitExceededError,
     UnknownFieldError,
     UnsupportedMethodError,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "Encrypted",
     "EncryptionError",
     "EncryptionPlan",
+    "LimitExceededError",
     "MethodPlan",
     "NamespaceKeys",
     "UnknownFieldError",

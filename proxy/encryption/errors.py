@@ -10,6 +10,7 @@ __all__ = [
     "DecryptFailure",
     "DecryptionError",
     "EncryptionError",
+    "LimitExceededError",
     "UnknownFieldError",
     "UnsupportedMethodError",
 ]
@@ -45,6 +46,17 @@ class UnknownFieldError(EncryptionError):
         super().__init__(f"{method}: unknown length-delimited field(s) {', '.join(paths)}")
         self.method = method
         self.paths = paths
+
+
+class LimitExceededError(EncryptionError):
+    """A request whose inspection would cost more than its bound (payloads to seal, messages to
+    walk for unknown fields): a caller-controlled amplification, refused before the work."""
+
+    def __init__(self, method: str, what: str, limit: int) -> None:
+        super().__init__(f"{method}: more than {limit} {what}")
+        self.method = method
+        self.what = what
+        self.limit = limit
 
 
 class UnsupportedMethodError(EncryptionError):

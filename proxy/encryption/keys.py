@@ -117,10 +117,8 @@ def open_sealed(keys: NamespaceKeys, metadata: Any, data: bytes) -> bytes:
     try:
         plaintext = keys.ring.unseal(kid, data)
     except CodecError as exc:
-        reason = (
-            DecryptFailure.UNKNOWN_KEY if kid not in keys.ring else DecryptFailure.AUTHENTICATION
-        )
-        raise PayloadOpenError(reason, str(exc)) from None
+        # The id is in the ring (decrypt_key_ids is checked against it): only the tag can fail.
+        raise PayloadOpenError(DecryptFailure.AUTHENTICATION, str(exc)) from None
     compression = metadata.get(COMPRESSION_KEY)
     if compression is None:
         return plaintext

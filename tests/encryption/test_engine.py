@@ -394,6 +394,22 @@ def test_plaintext_response_is_returned_as_the_same_bytes(
     out = decrypt_response(plan, WF + "GetWorkflowExecutionHistory", body, keys)
     assert out.body is body
     assert out.decrypted == 0
+    # Past the byte precheck (the marker text in a string), still nothing to open: same bytes.
+    body = GetWorkflowExecutionHistoryResponse(
+        history=History(
+            events=[
+                HistoryEvent(
+                    event_id=1,
+                    workflow_execution_started_event_attributes=WorkflowExecutionStartedEventAttributes(
+                        identity="binary/encrypted", input=Payloads(payloads=[_json(b"1")])
+                    ),
+                )
+            ]
+        )
+    ).SerializeToString()
+    out = decrypt_response(plan, WF + "GetWorkflowExecutionHistory", body, keys)
+    assert out.body is body
+    assert out.decrypted == 0
 
 
 def test_query_failed_status_details_are_opened(plan: EncryptionPlan, keys: NamespaceKeys) -> None:
