@@ -27,12 +27,18 @@ from proxy.codec import ENCODING_ENCRYPTED, ENCODING_KEY
 from proxy.encryption.errors import (
     DecryptFailure,
     DecryptionError,
+    LimitExceededError,
     UnknownFieldError,
     UnsupportedMethodError,
 )
 from proxy.encryption.keys import NamespaceKeys, PayloadOpenError
 from proxy.encryption.plan import EncryptionPlan, MethodPlan, TypePlan
-from proxy.encryption.unknown import discard_if_clean, unknown_paths
+from proxy.encryption.unknown import (
+    DEFAULT_MAX_NODES,
+    TooManyNodes,
+    discard_if_clean,
+    unknown_paths,
+)
 
 __all__ = [
     "Decrypted",
@@ -45,6 +51,9 @@ __all__ = [
     "find_unknown_fields",
 ]
 
+# A bound on the payloads one request may make us seal (~5 us each: ~0.5 s of CPU). Empty
+# payloads cost 2 bytes on the wire, so without it a 128 MiB request would be minutes of AES.
+DEFAULT_MAX_PAYLOADS = 100_000
 # Temporal system Nexus envelopes (api-go proxy/system_nexus.go, temporalio.nexus.system).
 SYSTEM_PAYLOAD_KEY = "__temporal_system_payload"
 SYSTEM_MESSAGE_TYPE_KEY = "messageType"
@@ -84,17 +93,23 @@ def _parse(cls: type[Message], body: bytes, what: str) -> Any:
 class _Sealer:
     """Visitor for requests: seal plaintext payloads, collect opaque places."""
 
-    __slots__ = ("_keys", "_plan", "changed", "check_unknown", "opaque", "passed")
+    __slots__ = ("_keys", "_label", "_left", "_limit", "_plan", "changed", "opaque", "passed")
 
-    def __init__(self, plan: EncryptionPlan, keys: NamespaceKeys, check_unknown: bool) -> None:
+    def __init__(
+        self, plan: EncryptionPlan, keys: NamespaceKeys, label: str, max_payloads: int
+    ) -> None:
         self._plan = plan
         self._keys = keys
-        self.check_unknown = check_unknown
+        self._label = label
+        self._limit = self._left = max_payloads
         self.changed = 0
         self.passed = 0
         self.opaque: list[str] = []
 
     def payload(self, payload: Any, /) -> None:
+        self._left -= 1
+        if self._left < 0:
+            raise LimitExceededError(self._label, "payloads", self._limit)
         metadata = payload.metadata
         if metadata.get(ENCODING_KEY) == ENCODING_ENCRYPTED:
             self.passed += 1
@@ -108,12 +123,7 @@ class _Sealer:
         self.opaque.append(f"Any<{type_name}>")
 
     def any_body(self, body: Message, raw: bytes, /) -> None:
-        if self.check_unknown and not discard_if_clean(body, raw):
-            fresh = type(body).FromString(raw)
-            name = body.DESCRIPTOR.full_name
-            self.opaque.extend(f"Any<{name}>.{p}" for p in unknown_paths(fresh))
-            # Keep the caller's bytes: continue on the fresh copy's content.
-            body.CopyFrom(fresh)
+        self.opaque.extend(_any_body_unknowns(body, raw, self._label))
 
 
 class _Opener:
@@ -178,11 +188,15 @@ def encrypt_request(
     keys: NamespaceKeys,
     *,
     reject_unknown: bool = True,
+    max_payloads: int = DEFAULT_MAX_PAYLOADS,
 ) -> Encrypted:
-    """Seal every plaintext payload of a request. Raises `UnknownFieldError` (reject_unknown)
-    or `UnsupportedMethodError` (method not in the API, body not parseable)."""
+    """Seal every plaintext payload of a request. Raises `UnknownFieldError` (reject_unknown),
+    `LimitExceededError` (more than `max_payloads` payloads, or an unknown-field walk past its
+    bound) or `UnsupportedMethodError` (method not in the API, body not parseable)."""
     mp = _method(plan, method)
-    return _seal(plan, mp.request_class, mp.request, body, keys, reject_unknown, method)
+    return _seal(
+        plan, mp.request_class, mp.request, body, keys, reject_unknown, method, max_payloads
+    )
 
 
 def encrypt_message(
@@ -194,7 +208,8 @@ def encrypt_message(
     desc = plan.api.find_message(type_name)
     if desc is None:
         raise UnsupportedMethodError(f"{type_name}: not in the shipped Temporal API descriptors")
-    return _seal(plan, plan.api.message_class(desc), tp, body, keys, False, type_name)
+    cls = plan.api.message_class(desc)
+    return _seal(plan, cls, tp, body, keys, False, type_name, DEFAULT_MAX_PAYLOADS)
 
 
 def _seal(
@@ -205,13 +220,14 @@ def _seal(
     keys: NamespaceKeys,
     reject_unknown: bool,
     label: str,
+    max_payloads: int,
 ) -> Encrypted:
     msg = _parse(cls, body, label)
     unknown: tuple[str, ...] = ()
     if not discard_if_clean(msg, body):
         msg = cls.FromString(body)  # restore what the check dropped
-        unknown = unknown_paths(msg)
-    sealer = _Sealer(plan, keys, check_unknown=True)
+        unknown = _paths(msg, label)
+    sealer = _Sealer(plan, keys, label, max_payloads)
     if tp is not None:
         tp.walk(msg, sealer)
     unknown = (*unknown, *sealer.opaque)
@@ -268,24 +284,40 @@ def find_unknown_fields(plan: EncryptionPlan, method: str, body: bytes) -> tuple
     encrypting anything (for `explain` and tests)."""
     mp = _method(plan, method)
     msg = _parse(mp.request_class, body, method)
-    if discard_if_clean(msg, body):
-        found: tuple[str, ...] = ()
-    else:
-        found = unknown_paths(mp.request_class.FromString(body))
+    found: tuple[str, ...] = ()
+    if not discard_if_clean(msg, body):
+        msg = mp.request_class.FromString(body)
+        found = _paths(msg, method)
     if mp.request is None:
         return found
-    msg = mp.request_class.FromString(body)
-    probe = _Probe()
+    probe = _Probe(method)
     mp.request.walk(msg, probe)
     return (*found, *probe.opaque)
+
+
+def _paths(msg: Message, label: str) -> tuple[str, ...]:
+    try:
+        return unknown_paths(msg)
+    except TooManyNodes:
+        raise LimitExceededError(label, "messages to check", DEFAULT_MAX_NODES) from None
+
+
+def _any_body_unknowns(body: Message, raw: bytes, label: str) -> list[str]:
+    """Unknown fields inside an opened Any body (the root check cannot see into its bytes)."""
+    if discard_if_clean(body, raw):
+        return []
+    body.ParseFromString(raw)  # restore what the check dropped
+    name = body.DESCRIPTOR.full_name
+    return [f"Any<{name}>.{p}" for p in _paths(body, label)]
 
 
 class _Probe:
     """A visitor that changes nothing: finds unknown Any types and unknown fields in Any bodies."""
 
-    __slots__ = ("changed", "opaque")
+    __slots__ = ("_label", "changed", "opaque")
 
-    def __init__(self) -> None:
+    def __init__(self, label: str) -> None:
+        self._label = label
         self.changed = 0
         self.opaque: list[str] = []
 
@@ -296,8 +328,4 @@ class _Probe:
         self.opaque.append(f"Any<{type_name}>")
 
     def any_body(self, body: Message, raw: bytes, /) -> None:
-        if not discard_if_clean(body, raw):
-            fresh = type(body).FromString(raw)
-            self.opaque.extend(
-                f"Any<{body.DESCRIPTOR.full_name}>.{p}" for p in unknown_paths(fresh)
-            )
+        self.opaque.extend(_any_body_unknowns(body, raw, self._label))
