@@ -5,7 +5,8 @@ repeated or map value) whose fields can reach one, recursively, or a `google.pro
 packed type is resolved per call: protocol message bodies, status details). Search attributes
 (`temporal.api.common.v1.SearchAttributes`) are never visited: the server indexes them. Nothing
 else is excluded: headers, memos, user metadata, failure details and `encoded_attributes` are
-all encrypted (as Temporal's own codec proxy in api-go does by default).
+all encrypted (as Temporal's own codec proxy in api-go does by default). One `bytes` field is
+known to embed a message with payloads (`EMBEDDED`: GetWorkflowExecutionHistory's raw_history).
 
 Each type's plan is a tuple of small closures built once, so a call does no descriptor look-ups,
 no dict building and never descends into a field that cannot hold a payload. A oneof with several
@@ -41,6 +42,17 @@ SEARCH_ATTRIBUTES = "temporal.api.common.v1.SearchAttributes"
 STATUS = "google.rpc.Status"
 # Types never visited: the server must read them.
 EXCLUDED: frozenset[str] = frozenset({SEARCH_ATTRIBUTES})
+# `bytes` fields that hold a serialized API message with payloads, by field -> message type.
+# GetWorkflowExecutionHistoryResponse.raw_history (frontend option SendRawWorkflowHistory, read
+# by the Go SDK) is a list of DataBlobs, each a serialized History batch when PROTO3-encoded.
+EMBEDDED: Mapping[str, str] = MappingProxyType(
+    {
+        "temporal.api.workflowservice.v1.GetWorkflowExecutionHistoryResponse.raw_history": (
+            "temporal.api.history.v1.History"
+        ),
+    }
+)
+_DATA_BLOB_PROTO3 = 1  # temporal.api.enums.v1.EncodingType.ENCODING_TYPE_PROTO3
 
 
 class Visitor(Protocol):
@@ -187,6 +199,10 @@ class _Builder:
         steps: list[_Step] = []
         oneofs: dict[str, dict[str, _Step]] = {}
         for field in desc.fields:
+            embedded = EMBEDDED.get(field.full_name)
+            if embedded is not None:
+                steps.append(self._blob_step(field, embedded))
+                continue
             sub = _value_type(field)
             if sub is None or not self._reaches(sub):
                 continue
@@ -200,6 +216,14 @@ class _Builder:
         for oneof_name, members in oneofs.items():
             steps.append(_oneof_step(oneof_name, members) if len(members) > 1 else _only(members))
         return steps
+
+    def _blob_step(self, field: FieldDescriptor, type_name: str) -> _Step:
+        desc = self._api.find_message(type_name)
+        plan = self.plan(desc) if desc is not None else None
+        if plan is None or not field.is_repeated:
+            raise LookupError(f"{field.full_name}: cannot plan the embedded {type_name}")
+        self.covered.add(field.full_name)
+        return _blob_list_step(field.name, plan)
 
     def _field_step(self, field: FieldDescriptor, sub: Descriptor) -> _Step:
         name = field.name
@@ -304,6 +328,25 @@ def _oneof_step(oneof_name: str, members: dict[str, _Step]) -> _Step:
                 step(msg, v)
 
     return dispatch
+
+
+def _blob_list_step(name: str, plan: TypePlan) -> _Step:
+    def blobs(msg: Any, v: Visitor) -> None:
+        for blob in getattr(msg, name):
+            if blob.encoding_type != _DATA_BLOB_PROTO3:
+                v.opaque_any(f"DataBlob<{blob.encoding_type}>")
+                continue
+            try:
+                body = plan.message_class.FromString(blob.data)
+            except DecodeError:
+                v.opaque_any(f"DataBlob<{plan.full_name}>")
+                continue
+            before = v.changed
+            plan.walk(body, v)
+            if v.changed != before:
+                blob.data = body.SerializeToString()
+
+    return blobs
 
 
 def _any_step(name: str, shape: str, plans: Mapping[str, TypePlan], api: ApiDescriptors) -> _Step:

@@ -508,3 +508,36 @@ def test_query_request_and_workflow_execution_are_untouched_strings(
     assert out.execution == req.execution
     assert out.query.query_type == "state"
     assert out.query.query_args.payloads[0].metadata["encoding"] == ENCODING_ENCRYPTED
+
+
+def test_raw_history_blobs_are_opened(plan: EncryptionPlan, keys: NamespaceKeys) -> None:
+    """GetWorkflowExecutionHistory may answer with `raw_history` (serialized History batches,
+    frontend option SendRawWorkflowHistory): the payloads inside are opened too."""
+    from temporalio.api.common.v1 import DataBlob
+    from temporalio.api.enums.v1 import EncodingType
+
+    history = History(
+        events=[
+            HistoryEvent(
+                event_id=1,
+                workflow_execution_started_event_attributes=WorkflowExecutionStartedEventAttributes(
+                    input=Payloads(payloads=[_json(b'"raw"')])
+                ),
+            )
+        ]
+    )
+    sealed = encrypt_message(
+        plan, "temporal.api.history.v1.History", history.SerializeToString(), keys
+    ).body
+    assert b'"raw"' not in sealed
+    resp = GetWorkflowExecutionHistoryResponse(
+        raw_history=[
+            DataBlob(encoding_type=EncodingType.ENCODING_TYPE_PROTO3, data=sealed),
+            DataBlob(encoding_type=EncodingType.ENCODING_TYPE_JSON, data=b"{}"),
+        ]
+    )
+    out = decrypt_response(plan, WF + "GetWorkflowExecutionHistory", resp.SerializeToString(), keys)
+    assert out.decrypted == 1
+    blobs = GetWorkflowExecutionHistoryResponse.FromString(out.body).raw_history
+    assert History.FromString(blobs[0].data) == history
+    assert blobs[1].data == b"{}"  # JSON blobs are not read: passed as they are

@@ -59,6 +59,7 @@ def test_search_attributes_are_never_visited(plan: EncryptionPlan) -> None:
         "temporal.api.update.v1.Outcome.success",
         "temporal.api.sdk.v1.UserMetadata.summary",
         "google.rpc.Status.details",
+        "temporal.api.workflowservice.v1.GetWorkflowExecutionHistoryResponse.raw_history",
     ],
 )
 def test_spot_fields_are_covered(plan: EncryptionPlan, field: str) -> None:
