@@ -6,7 +6,7 @@ The wiring calls these only for namespaces with encryption on, after authorizati
     keys = NamespaceKeys.for_ring(ring, "2026-11")                 # per namespace, per config
     sealed = encrypt_request(plan, method, body, keys, reject_unknown=True)
     opened = decrypt_response(plan, method, response_body, keys)
-    details = decrypt_status_details(plan, grpc_status_details_bin, keys)
+    details = decrypt_status_details(plan, method, grpc_status_details_bin, keys)
 
 Requests: every plaintext payload is sealed with the namespace's current key; payloads already
 `binary/encrypted` (an SDK codec) pass unchanged; Temporal system Nexus envelopes (metadata
@@ -57,6 +57,8 @@ DEFAULT_MAX_PAYLOADS = 100_000
 # Temporal system Nexus envelopes (api-go proxy/system_nexus.go, temporalio.nexus.system).
 SYSTEM_PAYLOAD_KEY = "__temporal_system_payload"
 SYSTEM_MESSAGE_TYPE_KEY = "messageType"
+SYSTEM_PAYLOAD_TRUE = b"true"
+ENCODING_PROTOBUF = b"binary/protobuf"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,9 +115,7 @@ class _Sealer:
         metadata = payload.metadata
         if metadata.get(ENCODING_KEY) == ENCODING_ENCRYPTED:
             self.passed += 1
-        elif SYSTEM_PAYLOAD_KEY in metadata:
-            _visit_envelope(self._plan, payload, self)
-        else:
+        elif not (SYSTEM_PAYLOAD_KEY in metadata and _visit_envelope(self._plan, payload, self)):
             self._keys.seal_into(payload)
             self.changed += 1
 
@@ -161,24 +161,34 @@ class _Opener:
         return None
 
 
-def _visit_envelope(plan: EncryptionPlan, payload: Any, v: _Sealer | _Opener) -> None:
-    """A system Nexus envelope: the server reads it, so only the payloads inside are visited."""
-    raw_type = payload.metadata.get(SYSTEM_MESSAGE_TYPE_KEY, b"")
-    type_name = raw_type.decode("utf-8", "replace")
-    inner = plan.types.get(type_name)
-    if inner is None:
-        if plan.api.find_message(type_name) is None:
-            v.opaque_any(f"envelope:{type_name}")
-        return
+def _visit_envelope(plan: EncryptionPlan, payload: Any, v: _Sealer | _Opener) -> bool:
+    """A system Nexus envelope: the server reads it, so only the payloads inside are visited.
+
+    False when the payload is not a well-formed envelope of an API message (flag `true`,
+    `binary/protobuf`, a `messageType` of the shipped API, parseable data): a request's payload
+    is then sealed whole, so the flag cannot be used to keep arbitrary data in plaintext.
+    """
+    metadata = payload.metadata
+    if (
+        metadata.get(SYSTEM_PAYLOAD_KEY) != SYSTEM_PAYLOAD_TRUE
+        or metadata.get(ENCODING_KEY) != ENCODING_PROTOBUF
+    ):
+        return False
+    type_name = metadata.get(SYSTEM_MESSAGE_TYPE_KEY, b"").decode("utf-8", "replace")
+    desc = plan.api.find_message(type_name)
+    if desc is None:
+        return False
     try:
-        body = inner.message_class.FromString(payload.data)
+        body = plan.api.message_class(desc).FromString(payload.data)
     except DecodeError:
-        v.opaque_any(f"envelope:{type_name}")
-        return
-    before = v.changed
-    inner.walk(body, v)
-    if v.changed != before:
-        payload.data = body.SerializeToString()
+        return False
+    inner = plan.types.get(type_name)
+    if inner is not None:
+        before = v.changed
+        inner.walk(body, v)
+        if v.changed != before:
+            payload.data = body.SerializeToString()
+    return True
 
 
 def encrypt_request(

@@ -14,6 +14,7 @@ from temporalio.api.common.v1 import (
     Payloads,
     SearchAttributes,
     WorkflowExecution,
+    WorkflowType,
 )
 from temporalio.api.errordetails.v1 import QueryFailedFailure
 from temporalio.api.failure.v1 import ApplicationFailureInfo, Failure
@@ -541,3 +542,47 @@ def test_raw_history_blobs_are_opened(plan: EncryptionPlan, keys: NamespaceKeys)
     blobs = GetWorkflowExecutionHistoryResponse.FromString(out.body).raw_history
     assert History.FromString(blobs[0].data) == history
     assert blobs[1].data == b"{}"  # JSON blobs are not read: passed as they are
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {
+            "__temporal_system_payload": b"true",
+            "encoding": b"json/plain",
+            "messageType": b"temporal.api.common.v1.WorkflowType",
+        },
+        {
+            "__temporal_system_payload": b"yes",
+            "encoding": b"binary/protobuf",
+            "messageType": b"temporal.api.common.v1.WorkflowType",
+        },
+        {
+            "__temporal_system_payload": b"true",
+            "encoding": b"binary/protobuf",
+            "messageType": b"no.such.Type",
+        },
+        {
+            "__temporal_system_payload": b"true",
+            "encoding": b"binary/protobuf",
+            "messageType": b"temporal.api.common.v1.WorkflowType",
+            "bad-data": b"",
+        },
+    ],
+)
+def test_a_payload_only_claiming_to_be_an_envelope_is_sealed(
+    plan: EncryptionPlan, keys: NamespaceKeys, metadata: dict[str, bytes]
+) -> None:
+    # Valid WorkflowType bytes unless the case is about bad data: only metadata decides.
+    data = (
+        b"\xff\xff not protobuf"
+        if "bad-data" in metadata
+        else WorkflowType(name="secret-name").SerializeToString()
+    )
+    metadata = {k: v for k, v in metadata.items() if k != "bad-data"}
+    req = StartWorkflowExecutionRequest(
+        namespace="n", input=Payloads(payloads=[Payload(metadata=metadata, data=data)])
+    )
+    sealed = encrypt_request(plan, START, req.SerializeToString(), keys)
+    assert sealed.encrypted == 1
+    assert data not in sealed.body
