@@ -32,7 +32,7 @@ from proxy.encryption.errors import (
     UnsupportedMethodError,
 )
 from proxy.encryption.keys import NamespaceKeys, PayloadOpenError
-from proxy.encryption.plan import EncryptionPlan, MethodPlan, TypePlan
+from proxy.encryption.plan import MAX_NESTING, EncryptionPlan, MethodPlan, TypePlan, walk_nested
 from proxy.encryption.unknown import (
     DEFAULT_MAX_NODES,
     TooManyNodes,
@@ -95,7 +95,17 @@ def _parse(cls: type[Message], body: bytes, what: str) -> Any:
 class _Sealer:
     """Visitor for requests: seal plaintext payloads, collect opaque places."""
 
-    __slots__ = ("_keys", "_label", "_left", "_limit", "_plan", "changed", "opaque", "passed")
+    __slots__ = (
+        "_keys",
+        "_label",
+        "_left",
+        "_limit",
+        "_plan",
+        "changed",
+        "nesting",
+        "opaque",
+        "passed",
+    )
 
     def __init__(
         self, plan: EncryptionPlan, keys: NamespaceKeys, label: str, max_payloads: int
@@ -105,6 +115,7 @@ class _Sealer:
         self._label = label
         self._limit = self._left = max_payloads
         self.changed = 0
+        self.nesting = 0
         self.passed = 0
         self.opaque: list[str] = []
 
@@ -125,17 +136,22 @@ class _Sealer:
     def any_body(self, body: Message, raw: bytes, /) -> None:
         self.opaque.extend(_any_body_unknowns(body, raw, self._label))
 
+    def too_deep(self, what: str, /) -> None:
+        # Refused in both unknown-field modes: what lies below would be forwarded unsealed.
+        raise LimitExceededError(self._label, f"nested levels ({what})", MAX_NESTING)
+
 
 class _Opener:
     """Visitor for responses: open every encrypted payload or fail the call."""
 
-    __slots__ = ("_keys", "_method", "_plan", "changed", "opaque")
+    __slots__ = ("_keys", "_method", "_plan", "changed", "nesting", "opaque")
 
     def __init__(self, plan: EncryptionPlan, keys: NamespaceKeys, method: str) -> None:
         self._plan = plan
         self._keys = keys
         self._method = method
         self.changed = 0
+        self.nesting = 0
         self.opaque: list[str] = []
 
     def payload(self, payload: Any, /) -> None:
@@ -160,6 +176,10 @@ class _Opener:
     def any_body(self, body: Message, raw: bytes, /) -> None:
         return None
 
+    def too_deep(self, what: str, /) -> None:
+        # The server wrote it; payloads below stay encrypted (the caller sees ciphertext).
+        self.opaque.append(what)
+
 
 def _visit_envelope(plan: EncryptionPlan, payload: Any, v: _Sealer | _Opener) -> bool:
     """A system Nexus envelope: the server reads it, so only the payloads inside are visited.
@@ -183,11 +203,8 @@ def _visit_envelope(plan: EncryptionPlan, payload: Any, v: _Sealer | _Opener) ->
     except DecodeError:
         return False
     inner = plan.types.get(type_name)
-    if inner is not None:
-        before = v.changed
-        inner.walk(body, v)
-        if v.changed != before:
-            payload.data = body.SerializeToString()
+    if inner is not None and walk_nested(inner, body, v, f"envelope<{type_name}>"):
+        payload.data = body.SerializeToString()
     return True
 
 
@@ -324,11 +341,12 @@ def _any_body_unknowns(body: Message, raw: bytes, label: str) -> list[str]:
 class _Probe:
     """A visitor that changes nothing: finds unknown Any types and unknown fields in Any bodies."""
 
-    __slots__ = ("_label", "changed", "opaque")
+    __slots__ = ("_label", "changed", "nesting", "opaque")
 
     def __init__(self, label: str) -> None:
         self._label = label
         self.changed = 0
+        self.nesting = 0
         self.opaque: list[str] = []
 
     def payload(self, payload: Any, /) -> None:
@@ -339,3 +357,6 @@ class _Probe:
 
     def any_body(self, body: Message, raw: bytes, /) -> None:
         self.opaque.extend(_any_body_unknowns(body, raw, self._label))
+
+    def too_deep(self, what: str, /) -> None:
+        self.opaque.append(f"{what} (nested too deep)")

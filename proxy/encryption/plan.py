@@ -27,6 +27,7 @@ from proxy.encryption.descriptors import ApiDescriptors, ApiVersion
 
 __all__ = [
     "ANY",
+    "MAX_NESTING",
     "PAYLOAD",
     "SEARCH_ATTRIBUTES",
     "STATUS",
@@ -34,6 +35,7 @@ __all__ = [
     "MethodPlan",
     "TypePlan",
     "Visitor",
+    "walk_nested",
 ]
 
 PAYLOAD = "temporal.api.common.v1.Payload"
@@ -62,6 +64,7 @@ class Visitor(Protocol):
     """
 
     changed: int
+    nesting: int  # Any bodies, blobs and envelopes currently open around the walk
 
     def payload(self, payload: Any, /) -> None: ...
 
@@ -69,8 +72,27 @@ class Visitor(Protocol):
 
     def any_body(self, body: Message, raw: bytes, /) -> None: ...
 
+    def too_deep(self, what: str, /) -> None: ...
+
 
 _Step = Callable[[Any, Visitor], None]
+# Each Any body, blob or envelope is parsed on its own, so protobuf's depth limit restarts inside
+# it; MultiOperationExecutionFailure -> OperationStatus.details (Any) -> ... can nest without end.
+MAX_NESTING = 8
+
+
+def walk_nested(plan: TypePlan, body: Any, v: Visitor, what: str) -> bool:
+    """Walk a separately parsed body one nesting level down; True when a payload changed."""
+    if v.nesting >= MAX_NESTING:
+        v.too_deep(what)
+        return False
+    v.nesting += 1
+    before = v.changed
+    try:
+        plan.walk(body, v)
+    finally:
+        v.nesting -= 1
+    return v.changed != before
 
 
 class TypePlan:
@@ -341,9 +363,7 @@ def _blob_list_step(name: str, plan: TypePlan) -> _Step:
             except DecodeError:
                 v.opaque_any(f"DataBlob<{plan.full_name}>")
                 continue
-            before = v.changed
-            plan.walk(body, v)
-            if v.changed != before:
+            if walk_nested(plan, body, v, "DataBlob"):
                 blob.data = body.SerializeToString()
 
     return blobs
@@ -364,9 +384,7 @@ def _any_step(name: str, shape: str, plans: Mapping[str, TypePlan], api: ApiDesc
             v.opaque_any(type_name)
             return
         v.any_body(body, raw)
-        before = v.changed
-        plan.walk(body, v)
-        if v.changed != before:
+        if walk_nested(plan, body, v, f"Any<{type_name}>"):
             packed.value = body.SerializeToString()
 
     if shape == "one":
