@@ -117,3 +117,42 @@ def test_payloads_round_trip_between_temporal_and_ours() -> None:
     assert json_format.MessageToDict(mine) == json_format.MessageToDict(theirs)
     back = json_format.ParseDict(json_format.MessageToDict(mine), temporal.Payloads())
     assert back == theirs
+
+
+def test_shipped_temporal_api_descriptors_are_current(regenerated: Path) -> None:
+    """proxy/_pb/temporal_api.binpb (payload encryption's field plans) is what the installed
+    temporalio defines: an upgrade of temporalio without `make protos` fails here."""
+    import json
+
+    import temporalio
+
+    record = json.loads((COMMITTED / "temporal_api.json").read_text())
+    assert record["temporalio"] == temporalio.__version__, (
+        f"temporal_api.binpb was generated from temporalio {record['temporalio']}, "
+        f"{temporalio.__version__} is installed: run `{REGENERATE}`"
+    )
+    committed = descriptor_pb2.FileDescriptorSet.FromString(
+        (COMMITTED / "temporal_api.binpb").read_bytes()
+    )
+    fresh = descriptor_pb2.FileDescriptorSet.FromString(
+        (regenerated / "temporal_api.binpb").read_bytes()
+    )
+    stale = sorted(
+        {f.name for f in fresh.file} ^ {f.name for f in committed.file}
+        | {f.name for f in fresh.file for g in committed.file if f.name == g.name and f != g}
+    )
+    assert not stale, f"stale Temporal API descriptors {stale[:5]}: run `{REGENERATE}`"
+    assert (COMMITTED / "temporal_api.json").read_text() == (
+        regenerated / "temporal_api.json"
+    ).read_text()
+
+
+def test_shipped_temporal_api_covers_the_services() -> None:
+    fds = descriptor_pb2.FileDescriptorSet.FromString(
+        (COMMITTED / "temporal_api.binpb").read_bytes()
+    )
+    names = {f.name for f in fds.file}
+    assert "temporal/api/workflowservice/v1/service.proto" in names
+    assert "temporal/api/operatorservice/v1/service.proto" in names
+    assert "google/rpc/status.proto" in names
+    assert not [n for n in names if "/cloud/" in n]
