@@ -26,10 +26,12 @@ per-field Python loop:
 - 64-bit overflow. In a body upb accepts, nine bytes >= 0x80 followed by a byte 0x02..0x7f
   are either a whole 10-byte varint value with a 10th byte > 1 (the violation), or their first
   five bytes lie inside a payload: a tag or length has at most 4 continuation bytes and follows
-  a byte < 0x80 or a payload. Found with `bytes.translate`/`replace` (C), the first of the nine
-  is zeroed in a copy. To a parser that knows no field, payload bytes do not matter, and a real
-  overflowing value becomes a 1-byte value and a 9-byte tag, which upb refuses: so upb's
-  verdict on the copy is exact.
+  a byte < 0x80 or a payload. Found with `bytes.translate`/`find` (C), the first of the nine is
+  zeroed in a copy (spliced for a few, one big-int AND for many). To a parser that knows no
+  field, payload bytes do not matter, and a real overflowing value becomes a 1-byte value and a
+  9-byte tag, which upb refuses: so upb's verdict on the copy is exact. With many look-alikes
+  (encrypted payloads), only what a probe declaring fields 1-63 as `bytes` leaves unknown is
+  copied, so Temporal's payload fields are not rescanned.
 - Field number 0 inside an unknown group. Whether the body has any unknown group at all is one
   more upb parse with the body nested inside 100 groups (upb's depth limit). No Temporal client
   sends groups; a body that has them is walked field by field in Python, and only up to
@@ -39,6 +41,7 @@ per-field Python loop:
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
@@ -62,6 +65,9 @@ MAX_GROUP_WALK_BYTES = 64 * 1024
 _MAX_TAG = 0xFFFFFFFF  # field number <= 2**29 - 1 (protobuf's maximum) and a 3-bit wire type
 _LEN = 2
 _MAX_FIELD = 2**29 - 1
+# Declared as `bytes` in the reading probe (cheap to clear): Temporal's request messages put
+# every LEN field at a number <= 30 today, so their payloads are never rescanned.
+_SHADOWED = 63
 
 _TYPE_STRING = descriptor_pb2.FieldDescriptorProto.TYPE_STRING
 _TYPE_BYTES = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
@@ -76,24 +82,30 @@ _CLASSES = bytes.maketrans(bytes(range(256)), b"a" * 2 + b"b" * 126 + b"H" * 128
 # Nine continuation bytes and an end byte > 1; these never overlap (each ends at its own "b").
 _OVERFLOW_CANDIDATE = b"HHHHHHHHHb"
 _ZEROED_RUN = b"ZHHHHHHHHb"  # Z: the byte zeroed in the copy
+# Up to this many look-alikes the copy is spliced; beyond, one AND over the whole body.
+_FEW = 64
 _KEEP_MASK = bytes.maketrans(
     bytes(range(256)), bytes(0 if c == ord("Z") else 0xFF for c in range(256))
 )
 
 
 @functools.lru_cache(maxsize=64)
-def _probe(path: tuple[int, ...], leaf_type: int) -> type[Message]:
-    """`message M0 { M1 f = path[0]; } ... message Mk { <leaf_type> f = path[-1]; }`."""
+def _probe(path: tuple[int, ...], leaf_type: int, *, shadow: bool = False) -> type[Message]:
+    """`message M0 { M1 f = path[0]; } ... message Mk { <leaf_type> f = path[-1]; }`.
+
+    With `shadow`, M0 also declares every other field number up to `_SHADOWED` as `bytes`, so
+    upb keeps only the rest as unknown fields: the residue where the Go-only rules can fail.
+    """
     fdp = descriptor_pb2.FileDescriptorProto(
         name="temporal_auth_proxy_probe.proto", package="probe", syntax="proto3"
     )
+    top = fdp.message_type.add(name="M0")
     if not path:
         # upb skips field number 0 in a message type with no fields at all (as in unknown
         # groups), so the validating probe carries one field nobody uses.
-        empty = fdp.message_type.add(name="M0")
-        empty.field.add(name="f", number=_MAX_FIELD, label=_OPTIONAL, type=_TYPE_BYTES)
+        top.field.add(name="f", number=_MAX_FIELD, label=_OPTIONAL, type=_TYPE_BYTES)
     for depth, number in enumerate(path):
-        msg = fdp.message_type.add(name=f"M{depth}")
+        msg = top if depth == 0 else fdp.message_type.add(name=f"M{depth}")
         if depth == len(path) - 1:
             msg.field.add(name="f", number=number, label=_OPTIONAL, type=leaf_type)
         else:
@@ -104,6 +116,10 @@ def _probe(path: tuple[int, ...], leaf_type: int) -> type[Message]:
                 type=_TYPE_MESSAGE,
                 type_name=f".probe.M{depth + 1}",
             )
+    if shadow:
+        for number in range(1, _SHADOWED + 1):
+            if not path or number != path[0]:
+                top.field.add(name=f"s{number}", number=number, label=_OPTIONAL, type=_TYPE_BYTES)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("probe.M0"))
@@ -116,29 +132,64 @@ def _parse(cls: type[Message], data: bytes) -> Message:
         raise MalformedRequestError("not a well-formed protobuf message") from None
 
 
-def _check_go_rules(data: bytes) -> None:
-    """The two rules Go applies and upb does not, for bytes upb has accepted (see above)."""
+def _check_go_rules(data: bytes, shadow: type[Message] | None = None) -> None:
+    """The two rules Go applies and upb does not, for bytes upb has accepted (see above).
+
+    When overflow look-alikes are present and a `shadow` probe is given, only what upb leaves
+    unknown to it is checked for overflow: the payload fields of Temporal's requests (where
+    encrypted data makes look-alikes common) are not rescanned.
+    """
     if not data:
         return
     bare = _probe((), 0)
     try:
+        # Inside 100 groups: an unknown group in `data` is one too deep for upb.
         bare.FromString(_GROUPS_OPEN + data + _GROUPS_CLOSE)
     except DecodeError:
-        # upb accepted `data` itself, so the only cause is an unknown group in it.
+        # upb accepted `data` itself, so the cause is an unknown group: walk it exactly.
         if len(data) > MAX_GROUP_WALK_BYTES:
             raise MalformedRequestError("unknown groups in a body over 64 KiB") from None
         _walk_exact(data, None)
         return
     classes = data.translate(_CLASSES)
-    if classes.find(_OVERFLOW_CANDIDATE) < 0:
+    found = _candidates(classes)
+    if not found:
         return
-    marked = classes.replace(_OVERFLOW_CANDIDATE, _ZEROED_RUN)
-    mask = int.from_bytes(marked.translate(_KEEP_MASK), "little")
-    changed = (int.from_bytes(data, "little") & mask).to_bytes(len(data), "little")
+    if len(found) > _FEW and shadow is not None:
+        residue: Any = shadow.FromString(data)
+        for field, _ in residue.ListFields():
+            residue.ClearField(field.name)
+        data = residue.SerializeToString()  # the unknown fields, in order and verbatim
+        classes = data.translate(_CLASSES)
+        found = _candidates(classes)
+        if not found:
+            return
+    if len(found) <= _FEW:
+        parts: list[bytes] = []
+        last = 0
+        for at in found:
+            parts += (data[last:at], b"\x00")
+            last = at + 1
+        parts.append(data[last:])
+        changed = b"".join(parts)
+    else:
+        marked = classes.replace(_OVERFLOW_CANDIDATE, _ZEROED_RUN)
+        mask = int.from_bytes(marked.translate(_KEEP_MASK), "little")
+        changed = (int.from_bytes(data, "little") & mask).to_bytes(len(data), "little")
     try:
         bare.FromString(changed)
     except DecodeError:
         raise MalformedRequestError("varint overflows 64 bits") from None
+
+
+def _candidates(classes: bytes) -> list[int]:
+    """Where the look-alike runs start, up to one more than `_FEW` of them."""
+    found: list[int] = []
+    at = classes.find(_OVERFLOW_CANDIDATE)
+    while at >= 0 and len(found) <= _FEW:
+        found.append(at)
+        at = classes.find(_OVERFLOW_CANDIDATE, at + len(_OVERFLOW_CANDIDATE))
+    return found
 
 
 def read_string(data: bytes, path: tuple[int, ...]) -> str:
@@ -148,14 +199,14 @@ def read_string(data: bytes, path: tuple[int, ...]) -> str:
     MalformedRequestError (and nothing else) otherwise. An empty path only validates.
     """
     data = bytes(data)
-    msg: object = _parse(_probe(path, _TYPE_STRING), data)
-    _check_go_rules(data)
+    node: Any = _parse(_probe(path, _TYPE_STRING), data)
+    _check_go_rules(data, _probe(path, _TYPE_STRING, shadow=True))
     for _ in path[:-1]:
-        if not msg.HasField("f"):  # type: ignore[attr-defined]
+        if not node.HasField("f"):
             return ""
-        msg = msg.f  # type: ignore[attr-defined]
-        _check_go_rules(msg.SerializeToString())  # type: ignore[attr-defined]
-    return str(msg.f) if path else ""  # type: ignore[attr-defined]
+        node = node.f
+        _check_go_rules(node.SerializeToString())
+    return str(node.f) if path else ""
 
 
 def extract_namespace(data: bytes, field_number: int | None) -> str:

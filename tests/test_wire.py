@@ -709,7 +709,7 @@ def test_overflow_look_alikes(data: bytes, expected: str | None) -> None:
 
 
 def test_unknown_groups_are_walked_exactly_up_to_a_bound_and_refused_beyond() -> None:
-    filler = ld(2, b"x" * 1000)
+    filler = ld(2000, b"x" * 1000)  # a field the reader does not know
     small = group(3, b"\x08\x01") + filler * 10 + ld(1, b"ns")
     assert extract_namespace(small, 1) == "ns"
     with pytest.raises(MalformedRequestError):
@@ -720,6 +720,19 @@ def test_unknown_groups_are_walked_exactly_up_to_a_bound_and_refused_beyond() ->
         extract_namespace(big, 1)
     # Without the group, the same size is read as usual.
     assert extract_namespace(big[4:], 1) == "ns"
+
+
+@pytest.mark.parametrize("count", [1, 64, 65, 3000])
+@pytest.mark.parametrize("field", [2, 2000], ids=["payload-field", "unknown-field"])
+def test_many_look_alikes_in_payloads_and_one_real_overflow(count: int, field: int) -> None:
+    # Both ways of building the checked copy (spliced, or masked over a residue) are exact.
+    payload = (b"\x00" + b"\xff" * 9 + b"\x02") * count
+    body = ld(field, payload) + ld(1, b"ns")
+    assert extract_namespace(body, 1) == "ns" == _walk_exact(body, 1)
+    bad = body + tag(3, 0) + b"\xff" * 9 + b"\x02"
+    with pytest.raises(MalformedRequestError, match="overflow"):
+        extract_namespace(bad, 1)
+    assert walk_or_none(bad, 1) is None
 
 
 @pytest.mark.parametrize(
