@@ -722,13 +722,16 @@ def test_unknown_groups_are_walked_exactly_up_to_a_bound_and_refused_beyond() ->
     assert extract_namespace(big[4:], 1) == "ns"
 
 
-@pytest.mark.parametrize("count", [1, 64, 65, 3000])
+@pytest.mark.parametrize("count", [1, 64, 65, 3000, 30_000])
 @pytest.mark.parametrize("field", [2, 2000], ids=["payload-field", "unknown-field"])
 def test_many_look_alikes_in_payloads_and_one_real_overflow(count: int, field: int) -> None:
-    # Both ways of building the checked copy (spliced, or masked over a residue) are exact.
+    # Every way of checking is exact: spliced or masked copy, small bodies (residue first) and
+    # bodies over 256 KiB (30,000 look-alikes: plain probe, then the residue).
     payload = (b"\x00" + b"\xff" * 9 + b"\x02") * count
     body = ld(field, payload) + ld(1, b"ns")
     assert extract_namespace(body, 1) == "ns" == _walk_exact(body, 1)
+    tiny = tag(3, 0) + b"\x00"
+    assert extract_namespace(tiny * count + body, 1) == "ns"
     bad = body + tag(3, 0) + b"\xff" * 9 + b"\x02"
     with pytest.raises(MalformedRequestError, match="overflow"):
         extract_namespace(bad, 1)
