@@ -149,6 +149,11 @@ class Gate:
         stage = Reason.CLAIM_MAPPER_ERROR
         body_read = False
         try:
+            if self._mode == "shadow":
+                # Shadow mode forwards every call: the would-deny log names its namespace even
+                # when the credentials fail, so the body is read first, as it always was.
+                body_read = True
+                namespace = extract_namespace(request, method.namespace_field)
             if peer is not None and not peer.client_auth:
                 raise CredentialError(
                     Reason.BAD_CERTIFICATE, "client certificate lacks the clientAuth key usage"
@@ -175,8 +180,9 @@ class Gate:
                 # The claims decide: the body, whatever its size, is never parsed.
                 result = early
             else:
-                body_read = True
-                namespace = extract_namespace(request, method.namespace_field)
+                if not body_read:
+                    body_read = True
+                    namespace = extract_namespace(request, method.namespace_field)
                 result = await self._authorizer.authorize(
                     claims,
                     CallTarget(api_name=method.full_name, namespace=namespace, request=request),
