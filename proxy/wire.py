@@ -1,10 +1,10 @@
-"""Namespace extraction from raw protobuf request bytes, without deserializing the message.
+"""Reading fields from raw protobuf request bytes (the namespace, the audit's workflow id, the
+ListNamespaces filter's names) without deserializing the message.
 
-The walk visits the top-level fields only; the contents of length-delimited fields are skipped
-(except the namespace field's own bytes) and unknown groups are walked for balance, as a real
-parser does. The rules match what Python's upb parser and Go's protobuf (which Temporal runs)
-do at the top level, and where the two differ the stricter one wins, so a body either of them
-would reject is refused here too:
+Only the fields on the path are read; the contents of other length-delimited fields are skipped
+and unknown groups are checked for balance, as a real parser does. The rules match what
+Python's upb parser and Go's protobuf (which Temporal runs) do at the top level, and where the
+two differ the stricter one wins, so a body either of them would reject is refused here too:
 
 - The namespace is the LAST top-level occurrence of the field with wire type LEN. An occurrence
   with another wire type is an unknown field to both parsers, so it is skipped, not an error.
@@ -29,13 +29,17 @@ per-field Python loop:
   a byte < 0x80 or a payload. Found with `bytes.translate`/`find` (C), the first of the nine is
   zeroed in a copy (spliced for a few, one big-int AND for many). To a parser that knows no
   field, payload bytes do not matter, and a real overflowing value becomes a 1-byte value and a
-  9-byte tag, which upb refuses: so upb's verdict on the copy is exact. With many look-alikes
-  (encrypted payloads), only what a probe declaring fields 1-63 as `bytes` leaves unknown is
-  copied, so Temporal's payload fields are not rescanned.
+  9-byte tag, which upb refuses: so upb's verdict on the copy is exact. In larger bodies with
+  many look-alikes (encrypted payloads) only the unknown residue is copied.
 - Field number 0 inside an unknown group. Whether the body has any unknown group at all is one
   more upb parse with the body nested inside 100 groups (upb's depth limit). No Temporal client
   sends groups; a body that has them is walked field by field in Python, and only up to
-  `MAX_GROUP_WALK_BYTES` (larger ones are refused as malformed), so that walk stays bounded.
+  `MAX_GROUP_WALK_BYTES` of fields the reader does not know (more is refused as malformed), so
+  that walk stays bounded.
+
+Both rules can only fail outside payloads, so for bodies up to 256 KiB upb parses with a probe
+that also declares fields 1-63 as `bytes` (every payload field of Temporal's requests) and only
+what it leaves unknown is checked.
 """
 
 from __future__ import annotations
