@@ -43,7 +43,8 @@ def _bodies(size: int) -> dict[str, bytes]:
         "10-byte varints (11 B)": fill(b"\x10" + b"\xff" * 9 + b"\x01"),
         "overflow look-alikes in payloads": fill(b"\x12\x7f" + payload),
         "look-alikes + tiny fields": fill(b"\x12\x0b" + lookalike + b"\x10\x00" * 20),
-        "random payload (one field)": b"\x0a\x07default\x12" + _varint(size - 16)
+        "random payload (one field)": b"\x0a\x07default\x12"
+        + _varint(size - 16)
         + os.urandom(size - 16),
         "unknown groups (refused > 64 KiB)": fill(b"\x1b\x1c"),
         "real overflow at the end": fill(b"\x10\x00")[:-12] + b"\x10" + b"\xff" * 9 + b"\x02",
