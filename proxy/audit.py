@@ -23,8 +23,7 @@ from proxy.config import AuditConfig
 from proxy.errors import MalformedRequestError
 from proxy.log import truncate
 from proxy.model import Access, Claims, MethodInfo, PeerIdentity
-from proxy.protowalk import iter_fields
-from proxy.wire import extract_namespace
+from proxy.wire import read_string
 
 # Where the workflow id sits in a request: (field,) for a top-level `workflow_id`, or
 # (field, 1) for `workflow_execution.workflow_id`. Checked against the temporalio descriptors by
@@ -64,25 +63,17 @@ WORKFLOW_ID_PATHS: dict[str, tuple[int, ...]] = {
 
 
 def workflow_id(method: MethodInfo, request: bytes) -> str:
-    """Best effort: the request's workflow id, "" when it has none or the bytes are odd."""
+    """Best effort: the request's workflow id, "" when it has none or the bytes are odd.
+
+    Read by the namespace's reader (`proxy.wire`), with the same rules: sub-message occurrences
+    merge and the last string wins, as in the parser Temporal runs.
+    """
     path = WORKFLOW_ID_PATHS.get(method.short_name)
     if path is None:
         return ""
     try:
-        data = request
-        for field_number in path[:-1]:
-            # Repeated occurrences of a singular sub-message merge (protobuf semantics), so
-            # concatenating them yields what Temporal will act on.
-            parts = [
-                data[start:end]
-                for number, wire, _, start, end in iter_fields(data)
-                if number == field_number and wire == 2
-            ]
-            if not parts:
-                return ""
-            data = b"".join(parts)
-        return extract_namespace(data, path[-1])  # the same "last string field" rule
-    except (MalformedRequestError, ValueError):
+        return read_string(request, path)
+    except MalformedRequestError:
         return ""
 
 

@@ -52,6 +52,21 @@ class DefaultAuthorizer:
             self._rules[api_name] = rule
         return rule
 
+    def deny_without_target(self, claims: Claims | None, api_name: str) -> Result | None:
+        """No credentials, or claims without any role: denied whatever the namespace.
+
+        Callers with some role keep getting their namespace read, so a denial names it.
+        """
+        if api_name in self._health:
+            return None
+        if claims is None:
+            return _DENY_NO_CREDENTIALS
+        if claims.system or any(claims.namespaces.values()):
+            return None
+        if (self._rules.get(api_name) or self._rule(api_name)) is None:
+            return _DENY_UNKNOWN_METHOD
+        return _DENY_INSUFFICIENT_ROLE
+
     async def authorize(self, claims: Claims | None, target: CallTarget) -> Result:
         name = target.api_name
         if name in self._health:

@@ -307,7 +307,9 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc h
                                 peer=peer,
                                 method=short,
                                 namespace=namespace,
-                                workflow_id=workflow_id(info, request),
+                                workflow_id=(
+                                    workflow_id(info, request) if verdict.body_read else ""
+                                ),
                                 decision="allow" if allowed else "deny",
                                 reason=verdict.result.reason.value,
                                 mode=mode,

@@ -49,6 +49,19 @@ class Authorizer(Protocol):
 
 
 @runtime_checkable
+class ClaimsOnlyDenial(Protocol):
+    """Optional capability of an Authorizer: deny from the claims and the method alone.
+
+    A Result returned here must be a denial that `authorize` would give for every namespace and
+    request body; None means the target matters. The Gate then denies without reading the body
+    (issue 14: no work on attacker-sized input before credentials decide). Authorizers without
+    it always get the namespace.
+    """
+
+    def deny_without_target(self, claims: Claims | None, api_name: str) -> Result | None: ...
+
+
+@runtime_checkable
 class KeyProvider(Protocol):
     def get_key(self, alg: str, kid: str) -> PublicKeyTypes:
         """The verification key for `kid`; raise `CredentialError` when there is none."""

@@ -8,7 +8,7 @@ from time import perf_counter
 from typing import Any, Literal
 
 from proxy.errors import CredentialError, MalformedRequestError
-from proxy.interfaces import AuthInfoOptional, Authorizer, ClaimMapper
+from proxy.interfaces import AuthInfoOptional, Authorizer, ClaimMapper, ClaimsOnlyDenial
 from proxy.listfilter import LIST_NAMESPACES, can_list_some
 from proxy.metrics import ProxyMetrics
 from proxy.model import (
@@ -75,6 +75,7 @@ class Verdict:
     namespace: str
     would_deny: bool = False  # shadow mode: forwarded although `enforce` would deny
     filter_namespaces: bool = False  # ListNamespaces answered with the caller's namespaces only
+    body_read: bool = True  # False: denied from the claims alone, the request bytes untouched
 
     @property
     def allowed(self) -> bool:
@@ -120,6 +121,18 @@ class Gate:
         self._auth_info_required = not (
             isinstance(claim_mapper, AuthInfoOptional) and not claim_mapper.auth_info_required()
         )
+        # Shadow mode forwards every call, so it always reads the namespace it logs.
+        self._early: ClaimsOnlyDenial | None = (
+            authorizer if mode == "enforce" and isinstance(authorizer, ClaimsOnlyDenial) else None
+        )
+
+    def _filters_list(self, result: Result, method: MethodInfo, claims: Claims | None) -> bool:
+        return (
+            self._filter_list_namespaces
+            and result.reason is Reason.INSUFFICIENT_ROLE
+            and method.full_name == LIST_NAMESPACES
+            and can_list_some(claims)
+        )
 
     async def check(
         self,
@@ -134,8 +147,13 @@ class Gate:
         claims: Claims | None = None
         namespace = ""
         stage = Reason.CLAIM_MAPPER_ERROR
+        body_read = False
         try:
-            namespace = extract_namespace(request, method.namespace_field)
+            if self._mode == "shadow":
+                # Shadow mode forwards every call: the would-deny log names its namespace even
+                # when the credentials fail, so the body is read first, as it always was.
+                body_read = True
+                namespace = extract_namespace(request, method.namespace_field)
             if peer is not None and not peer.client_auth:
                 raise CredentialError(
                     Reason.BAD_CERTIFICATE, "client certificate lacks the clientAuth key usage"
@@ -149,10 +167,29 @@ class Gate:
                 info = AuthInfo(token=token, extra=extra, peer=peer, audience=self._audience)
                 claims = await self._mapper.get_claims(info)
             stage = Reason.AUTHORIZER_ERROR
-            result = await self._authorizer.authorize(
-                claims, CallTarget(api_name=method.full_name, namespace=namespace, request=request)
+            early = (
+                self._early.deny_without_target(claims, method.full_name)
+                if self._early is not None
+                else None
             )
+            if (
+                early is not None
+                and early.decision is Decision.DENY
+                and not self._filters_list(early, method, claims)
+            ):
+                # The claims decide: the body, whatever its size, is never parsed.
+                result = early
+            else:
+                if not body_read:
+                    body_read = True
+                    namespace = extract_namespace(request, method.namespace_field)
+                result = await self._authorizer.authorize(
+                    claims,
+                    CallTarget(api_name=method.full_name, namespace=namespace, request=request),
+                )
         except MalformedRequestError as exc:
+            # Labelled as before the claims were read (auth_type "none"), as it always was.
+            claims = None
             result = Result(decision=Decision.DENY, reason=Reason.MALFORMED_REQUEST)
             self._log.warning("request_malformed", method=method.short_name, error=str(exc))
         except CredentialError as exc:
@@ -169,12 +206,7 @@ class Gate:
                 error=repr(exc),
             )
         filtered = False
-        if (
-            self._filter_list_namespaces
-            and result.reason is Reason.INSUFFICIENT_ROLE
-            and method.full_name == LIST_NAMESPACES
-            and can_list_some(claims)
-        ):
+        if body_read and self._filters_list(result, method, claims):
             # Opt-in extension: namespace-scoped callers may list, and see only their own.
             result, filtered = ALLOW, True
         auth_type = auth_type_label(claims)
@@ -198,7 +230,12 @@ class Gate:
                     claims=claims,
                     namespace=namespace,
                     would_deny=True,
+                    body_read=body_read,
                 )
         return Verdict(
-            result=result, claims=claims, namespace=namespace, filter_namespaces=filtered
+            result=result,
+            claims=claims,
+            namespace=namespace,
+            filter_namespaces=filtered,
+            body_read=body_read,
         )

@@ -1,10 +1,10 @@
-"""Namespace extraction from raw protobuf request bytes, without deserializing the message.
+"""Reading fields from raw protobuf request bytes (the namespace, the audit's workflow id, the
+ListNamespaces filter's names) without deserializing the message.
 
-The walk visits the top-level fields only; the contents of length-delimited fields are skipped
-(except the namespace field's own bytes) and unknown groups are walked for balance, as a real
-parser does. The rules match what Python's upb parser and Go's protobuf (which Temporal runs)
-do at the top level, and where the two differ the stricter one wins, so a body either of them
-would reject is refused here too:
+Only the fields on the path are read; the contents of other length-delimited fields are skipped
+and unknown groups are checked for balance, as a real parser does. The rules match what
+Python's upb parser and Go's protobuf (which Temporal runs) do at the top level, and where the
+two differ the stricter one wins, so a body either of them would reject is refused here too:
 
 - The namespace is the LAST top-level occurrence of the field with wire type LEN. An occurrence
   with another wire type is an unknown field to both parsers, so it is skipped, not an error.
@@ -16,20 +16,218 @@ would reject is refused here too:
   below 2**32, i.e. field numbers up to 2**29 - 1 (both).
 - Wire types 6 and 7, an end-group tag with no matching start group, an unterminated group and
   unknown groups nested deeper than upb's default recursion limit (100) are errors.
+
+How, at C speed (issue 14): the bytes are parsed by protobuf's upb parser (C) with a tiny
+message type built once per field path, `message Probe { string namespace = N; }`, every other
+field unknown to it. upb gives protobuf's last-wins value, the UTF-8 check of every occurrence
+and all the structural rules above except two Go-only ones, which are checked without a
+per-field Python loop:
+
+- 64-bit overflow. In a body upb accepts, nine bytes >= 0x80 followed by a byte 0x02..0x7f
+  are either a whole 10-byte varint value with a 10th byte > 1 (the violation), or their first
+  five bytes lie inside a payload: a tag or length has at most 4 continuation bytes and follows
+  a byte < 0x80 or a payload. Found with `bytes.translate`/`find` (C), the first of the nine is
+  zeroed in a copy (spliced for a few, one big-int AND for many). To a parser that knows no
+  field, payload bytes do not matter, and a real overflowing value becomes a 1-byte value and a
+  9-byte tag, which upb refuses: so upb's verdict on the copy is exact. In larger bodies with
+  many look-alikes (encrypted payloads) only the unknown residue is copied.
+- Field number 0 inside an unknown group. Whether the body has any unknown group at all is one
+  more upb parse with the body nested inside 100 groups (upb's depth limit). No Temporal client
+  sends groups; a body that has them is walked field by field in Python, and only up to
+  `MAX_GROUP_WALK_BYTES` of fields the reader does not know (more is refused as malformed), so
+  that walk stays bounded.
+
+Both rules can only fail outside payloads, so for bodies up to 256 KiB upb parses with a probe
+that also declares fields 1-63 as `bytes` (every payload field of Temporal's requests) and only
+what it leaves unknown is checked.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
+
 from proxy.errors import MalformedRequestError
 
-__all__ = ["MAX_GROUP_DEPTH", "extract_namespace"]
+__all__ = [
+    "MAX_GROUP_DEPTH",
+    "MAX_GROUP_WALK_BYTES",
+    "extract_namespace",
+    "peek_bytes",
+    "read_string",
+]
 
 # upb's default decode depth in Python: 100 nested unknown groups parse, 101 do not.
 # (Go's limit is 10000; the stricter one applies.)
 MAX_GROUP_DEPTH = 100
+# Bodies with unknown groups are walked in Python (~0.2 us per field): 64 KiB is ~12 ms at worst.
+MAX_GROUP_WALK_BYTES = 64 * 1024
 
 _MAX_TAG = 0xFFFFFFFF  # field number <= 2**29 - 1 (protobuf's maximum) and a 3-bit wire type
 _LEN = 2
+_MAX_FIELD = 2**29 - 1
+# Declared as `bytes` in the reading probe (cheap to clear): Temporal's request messages put
+# every LEN field at a number <= 30 today, so their payloads are never rescanned.
+_SHADOWED = 63
+
+_TYPE_STRING = descriptor_pb2.FieldDescriptorProto.TYPE_STRING
+_TYPE_BYTES = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+_TYPE_MESSAGE = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
+_OPTIONAL = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+
+# The body inside MAX_GROUP_DEPTH unknown groups (field 1): any group in it is one too deep.
+_GROUPS_OPEN = bytes([1 << 3 | 3]) * MAX_GROUP_DEPTH
+_GROUPS_CLOSE = bytes([1 << 3 | 4]) * MAX_GROUP_DEPTH
+# Byte classes: "a" 0x00-0x01, "b" 0x02-0x7f, "H" 0x80-0xff (a varint's continuation bytes).
+_CLASSES = bytes.maketrans(bytes(range(256)), b"a" * 2 + b"b" * 126 + b"H" * 128)
+# Nine continuation bytes and an end byte > 1; these never overlap (each ends at its own "b").
+_OVERFLOW_CANDIDATE = b"HHHHHHHHHb"
+_ZEROED_RUN = b"ZHHHHHHHHb"  # Z: the byte zeroed in the copy
+# Bodies up to this size are parsed with the shadow probe first (see read_string).
+_SHADOW_FIRST = 256 * 1024
+# Up to this many look-alikes the copy is spliced; beyond, one AND over the whole body.
+_FEW = 64
+_KEEP_MASK = bytes.maketrans(
+    bytes(range(256)), bytes(0 if c == ord("Z") else 0xFF for c in range(256))
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _probe(path: tuple[int, ...], leaf_type: int, *, shadow: bool = False) -> type[Message]:
+    """`message M0 { M1 f = path[0]; } ... message Mk { <leaf_type> f = path[-1]; }`.
+
+    With `shadow`, M0 also declares every other field number up to `_SHADOWED` as `bytes`, so
+    upb keeps only the rest as unknown fields: the residue where the Go-only rules can fail.
+    """
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="temporal_auth_proxy_probe.proto", package="probe", syntax="proto3"
+    )
+    top = fdp.message_type.add(name="M0")
+    if not path:
+        # upb skips field number 0 in a message type with no fields at all (as in unknown
+        # groups), so the validating probe carries one field nobody uses.
+        top.field.add(name="f", number=_MAX_FIELD, label=_OPTIONAL, type=_TYPE_BYTES)
+    for depth, number in enumerate(path):
+        msg = top if depth == 0 else fdp.message_type.add(name=f"M{depth}")
+        if depth == len(path) - 1:
+            msg.field.add(name="f", number=number, label=_OPTIONAL, type=leaf_type)
+        else:
+            msg.field.add(
+                name="f",
+                number=number,
+                label=_OPTIONAL,
+                type=_TYPE_MESSAGE,
+                type_name=f".probe.M{depth + 1}",
+            )
+    if shadow:
+        for number in range(1, _SHADOWED + 1):
+            if not path or number != path[0]:
+                top.field.add(name=f"s{number}", number=number, label=_OPTIONAL, type=_TYPE_BYTES)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("probe.M0"))
+
+
+def _parse(cls: type[Message], data: bytes) -> Message:
+    try:
+        return cls.FromString(data)
+    except DecodeError:
+        raise MalformedRequestError("not a well-formed protobuf message") from None
+
+
+def _check_go_rules(data: bytes, shadow: type[Message] | None = None) -> None:
+    """The two rules Go applies and upb does not, for bytes upb has accepted (see above).
+
+    When overflow look-alikes are present and a `shadow` probe is given, only what upb leaves
+    unknown to it is checked for overflow: the payload fields of Temporal's requests (where
+    encrypted data makes look-alikes common) are not rescanned.
+    """
+    if not data:
+        return
+    bare = _probe((), 0)
+    try:
+        # Inside 100 groups: an unknown group in `data` is one too deep for upb.
+        bare.FromString(_GROUPS_OPEN + data + _GROUPS_CLOSE)
+    except DecodeError:
+        # upb accepted `data` itself, so the cause is an unknown group: walk it exactly.
+        if len(data) > MAX_GROUP_WALK_BYTES:
+            raise MalformedRequestError("unknown groups in a body over 64 KiB") from None
+        _walk_exact(data, None)
+        return
+    classes = data.translate(_CLASSES)
+    found = _candidates(classes)
+    if not found:
+        return
+    if len(found) > _FEW and shadow is not None:
+        residue: Any = shadow.FromString(data)
+        for field, _ in residue.ListFields():
+            residue.ClearField(field.name)
+        data = residue.SerializeToString()  # the unknown fields, in order and verbatim
+        classes = data.translate(_CLASSES)
+        found = _candidates(classes)
+        if not found:
+            return
+    if len(found) <= _FEW:
+        parts: list[bytes] = []
+        last = 0
+        for at in found:
+            parts += (data[last:at], b"\x00")
+            last = at + 1
+        parts.append(data[last:])
+        changed = b"".join(parts)
+    else:
+        marked = classes.replace(_OVERFLOW_CANDIDATE, _ZEROED_RUN)
+        mask = int.from_bytes(marked.translate(_KEEP_MASK), "little")
+        changed = (int.from_bytes(data, "little") & mask).to_bytes(len(data), "little")
+    try:
+        bare.FromString(changed)
+    except DecodeError:
+        raise MalformedRequestError("varint overflows 64 bits") from None
+
+
+def _candidates(classes: bytes) -> list[int]:
+    """Where the look-alike runs start, up to one more than `_FEW` of them."""
+    found: list[int] = []
+    at = classes.find(_OVERFLOW_CANDIDATE)
+    while at >= 0 and len(found) <= _FEW:
+        found.append(at)
+        at = classes.find(_OVERFLOW_CANDIDATE, at + len(_OVERFLOW_CANDIDATE))
+    return found
+
+
+def read_string(data: bytes, path: tuple[int, ...]) -> str:
+    """The string at `path` (field numbers of singular sub-messages, then a string field) as
+    protobuf reads it: sub-message occurrences merge, the last string occurrence wins. "" when
+    absent. The body and every sub-message on the path must be well formed by the rules above;
+    MalformedRequestError (and nothing else) otherwise. An empty path only validates.
+    """
+    data = bytes(data)
+    shadow = _probe(path, _TYPE_STRING, shadow=True)
+    small = len(data) <= _SHADOW_FIRST
+    # Small bodies: parse with the shadow probe at once and check only its unknown residue, so
+    # a payload is never rescanned. Large ones: the plain probe, which is faster on bodies of
+    # tiny fields, and the residue only if look-alikes make it worth it.
+    top: Any = _parse(shadow if small else _probe(path, _TYPE_STRING), data)
+    node, value, subs = top, "", []
+    for _ in path[:-1]:
+        if not node.HasField("f"):
+            break
+        node = node.f
+        subs.append(node.SerializeToString())
+    else:
+        value = str(node.f) if path else ""
+    if small:
+        for field, _ in top.ListFields():
+            top.ClearField(field.name)
+        _check_go_rules(top.SerializeToString())
+    else:
+        _check_go_rules(data, shadow)
+    for sub in subs:
+        _check_go_rules(sub)
+    return value
 
 
 def extract_namespace(data: bytes, field_number: int | None) -> str:
@@ -40,6 +238,21 @@ def extract_namespace(data: bytes, field_number: int | None) -> str:
     nothing else, when the bytes are not a well-formed protobuf message at the top level. The
     message never contains request bytes.
     """
+    return read_string(data, () if field_number is None else (field_number,))
+
+
+def peek_bytes(data: bytes, path: tuple[int, ...]) -> bytes:
+    """Lenient read of trusted bytes (upstream answers): the bytes field at `path` as protobuf
+    reads it, b"" when absent. No UTF-8 or Go-only checks; MalformedRequestError when upb
+    refuses the structure."""
+    msg: object = _parse(_probe(path, _TYPE_BYTES), bytes(data))
+    for _ in path[:-1]:
+        msg = msg.f  # type: ignore[attr-defined]
+    return bytes(msg.f)  # type: ignore[attr-defined]
+
+
+def _walk_exact(data: bytes, field_number: int | None) -> str:
+    """The exact field-by-field walk (Python): used only for small bodies with unknown groups."""
     n = len(data)
     ns_tag = (field_number << 3) | _LEN if field_number is not None else -1
     namespace = ""

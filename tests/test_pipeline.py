@@ -29,6 +29,7 @@ from proxy.model import (
     PeerIdentity,
     Reason,
     Result,
+    Role,
     Scope,
 )
 from proxy.pipeline import (
@@ -395,3 +396,128 @@ async def test_authz_duration_is_observed_per_check() -> None:
     for _ in range(3):
         await h.gate.check(method("GetSystemInfo"), b"")
     assert h.registry.get_sample_value("temporal_auth_proxy_authz_duration_seconds_count") == 3
+
+
+# ------------------------------------------------ issue 14: no body work when the claims decide
+
+# Bodies the namespace reader refuses; reading any of them would log `request_malformed`.
+HOSTILE_BODIES = [
+    b"\x0a\x05ab",  # truncated
+    b"\x0a\x02\xff\xfe",  # namespace not UTF-8
+    b"\x10" + b"\xff" * 9 + b"\x02",  # 64-bit overflow (Go rejects it)
+    b"\x10\x00" * 50_000 + b"\x0f",  # 100 kB of tiny fields, then a bad wire type
+]
+
+
+class TargetAuthorizer:
+    """A plugin without the ClaimsOnlyDenial capability: it must always get the namespace."""
+
+    def __init__(self) -> None:
+        self.targets: list[CallTarget] = []
+
+    async def authorize(self, claims: Claims | None, target: CallTarget) -> Result:
+        self.targets.append(target)
+        return Result(decision=Decision.DENY, reason=Reason.INSUFFICIENT_ROLE)
+
+
+@pytest.mark.parametrize("body", HOSTILE_BODIES)
+async def test_no_credentials_deny_without_reading_the_body(body: bytes) -> None:
+    h = Harness()
+    verdict = await h.gate.check(method("StartWorkflowExecution"), body)
+    assert not verdict.allowed
+    assert verdict.result.reason is Reason.NO_CREDENTIALS
+    assert verdict.body_read is False and verdict.namespace == ""
+    assert h.log.named("request_malformed") == []
+    assert h.decisions("deny", "no_credentials", "none") == 1
+    assert h.decisions("deny", "malformed_request", "none") == 0
+
+
+@pytest.mark.parametrize("body", HOSTILE_BODIES)
+async def test_bad_credentials_deny_without_reading_the_body(body: bytes) -> None:
+    h = Harness()
+    verdict = await h.gate.check(
+        method("StartWorkflowExecution"), body, token=bearer("default:write", ttl_seconds=-1)
+    )
+    assert verdict.result.reason is Reason.TOKEN_EXPIRED
+    assert verdict.body_read is False
+    assert h.log.named("request_malformed") == []
+
+
+@pytest.mark.parametrize("body", HOSTILE_BODIES)
+async def test_claims_without_any_role_deny_without_reading_the_body(body: bytes) -> None:
+    h = Harness(peer_always_verified=True)  # a certificate, no token: empty claims
+    verdict = await h.gate.check(method("StartWorkflowExecution"), body)
+    assert verdict.result.reason is Reason.INSUFFICIENT_ROLE
+    assert verdict.claims == Claims(auth_type="jwt")
+    assert verdict.body_read is False
+    assert h.log.named("request_malformed") == []
+
+
+@pytest.mark.parametrize("body", HOSTILE_BODIES)
+async def test_a_caller_with_some_role_still_gets_the_body_checked(body: bytes) -> None:
+    h = Harness()
+    verdict = await h.gate.check(method("StartWorkflowExecution"), body, token=bearer("other:read"))
+    assert verdict.result.reason is Reason.MALFORMED_REQUEST
+    assert verdict.body_read is True
+    assert len(h.log.named("request_malformed")) == 1
+
+
+async def test_a_denied_caller_with_roles_still_sees_the_namespace_logged() -> None:
+    h = Harness()
+    verdict = await h.gate.check(
+        method("StartWorkflowExecution"), start_request("payments"), token=bearer("other:read")
+    )
+    assert verdict.result.reason is Reason.INSUFFICIENT_ROLE
+    assert verdict.body_read is True and verdict.namespace == "payments"
+
+
+async def test_plugins_without_the_capability_always_get_the_namespace() -> None:
+    plugin = TargetAuthorizer()
+    h = Harness(authorizer=plugin)
+    verdict = await h.gate.check(method("StartWorkflowExecution"), start_request("payments"))
+    assert verdict.body_read is True
+    assert [t.namespace for t in plugin.targets] == ["payments"]
+
+
+async def test_shadow_mode_reads_the_namespace_it_forwards() -> None:
+    h = Harness(mode="shadow")
+    verdict = await h.gate.check(method("StartWorkflowExecution"), start_request("payments"))
+    assert verdict.allowed and verdict.would_deny
+    assert verdict.body_read is True and verdict.namespace == "payments"
+    (event,) = h.log.named("authz_would_deny")
+    assert event["namespace"] == "payments" and event["reason"] == "no_credentials"
+
+
+async def test_health_apis_still_validate_the_body_without_credentials() -> None:
+    h = Harness()
+    verdict = await h.gate.check(method("GetSystemInfo"), b"\x0f")
+    assert verdict.result.reason is Reason.MALFORMED_REQUEST
+    assert verdict.body_read is True
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        None,
+        Claims.build(),
+        Claims.build(namespaces={"a": Role.UNDEFINED}),
+        Claims.build(system=Role.WORKER),
+        Claims.build(namespaces={"a": Role.READER}),
+        Claims.build(system=Role.ADMIN),
+    ],
+)
+@pytest.mark.parametrize(
+    "short",
+    ["StartWorkflowExecution", "DescribeNamespace", "GetClusterInfo", "GetSystemInfo", "nope"],
+)
+@pytest.mark.parametrize("namespace", ["", "a", "b", "temporal-system"])
+async def test_an_early_denial_is_what_authorize_says_for_every_namespace(
+    claims: Claims | None, short: str, namespace: str
+) -> None:
+    authz = DefaultAuthorizer(methods.lookup, methods.HEALTH_CHECK_APIS)
+    name = WF + short
+    early = authz.deny_without_target(claims, name)
+    full = await authz.authorize(claims, CallTarget(api_name=name, namespace=namespace))
+    if early is not None:
+        assert early.decision is Decision.DENY
+        assert early == full

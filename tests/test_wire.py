@@ -32,7 +32,14 @@ from temporalio.api.workflowservice.v1 import request_response_pb2 as rr
 
 from proxy.errors import MalformedRequestError
 from proxy.methods import lookup
-from proxy.wire import MAX_GROUP_DEPTH, extract_namespace
+from proxy.wire import (
+    MAX_GROUP_DEPTH,
+    MAX_GROUP_WALK_BYTES,
+    _walk_exact,
+    extract_namespace,
+    peek_bytes,
+    read_string,
+)
 
 WF = "/temporal.api.workflowservice.v1.WorkflowService/"
 
@@ -620,3 +627,147 @@ def test_token_soup_agrees_with_the_real_parser(case: tuple[str, bytes]) -> None
 @given(st.binary(max_size=64), st.sampled_from(sorted(MESSAGES)))
 def test_arbitrary_bytes_agree_with_the_real_parser(data: bytes, method: str) -> None:
     _check(data, REQUESTS[method], _field_of(method))
+
+
+# --- issue 14: the C-speed reader equals the exact field-by-field walk -----------------------
+#
+# `_walk_exact` is the Python walk this module used before (kept for small bodies with unknown
+# groups); here it is the oracle for the upb reader and its Go-rule checks on every input.
+
+
+def walk_or_none(data: bytes, field_number: int | None) -> str | None:
+    try:
+        return _walk_exact(data, field_number)
+    except MalformedRequestError:
+        return None
+
+
+HIGH = st.binary(min_size=1, max_size=12).map(lambda b: bytes(x | 0x80 for x in b))
+
+
+@st.composite
+def lookalike_soup(draw: st.DrawFn) -> bytes:
+    """Fields around the overflow rule: 9-10 byte varints whose last byte may overflow, runs of
+    bytes >= 0x80 inside payloads and fixed values followed by (multi-byte) tags, non-minimal
+    encodings, UTF-8 namespaces with 3-byte characters, and unknown groups."""
+    numbers = st.sampled_from([1, 2, 3, 15, 16, 17, 300, 2**14, 2**21, 2**29 - 1])
+    last = st.integers(0, 0x7F)
+    run = st.integers(7, 11)
+    leaf = st.one_of(
+        st.builds(lambda n, r, x: tag(n, 0) + b"\xff" * r + bytes([x]), numbers, run, last),
+        st.builds(lambda n, h, x: tag(n, 0) + h + bytes([x]), numbers, HIGH, last),
+        st.builds(lambda n, h: ld(n, h + bytes([2]) + h), numbers, HIGH),
+        st.builds(lambda n, h, x: ld(n, b"\x00" + h + bytes([x])), numbers, HIGH, last),
+        st.builds(lambda n, h: tag(n, 1) + (h * 8)[:8], numbers, HIGH),
+        st.builds(lambda n, h: tag(n, 5) + (h * 4)[:4], numbers, HIGH),
+        st.builds(lambda s: ld(1, s.encode()), st.text("€a✓é", max_size=8)),
+        st.just(b"\x0a\x82\x80\x80\x80\x00ab"),
+        st.builds(varint, st.integers(0, 2**70)),
+    )
+    token = st.recursive(
+        leaf,
+        lambda inner: st.builds(
+            lambda n, body: group(n, b"".join(body)), numbers, st.lists(inner, max_size=3)
+        ),
+        max_leaves=10,
+    )
+    return b"".join(draw(st.lists(token, max_size=10)))
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lookalike_soup(), st.sampled_from([1, 4, None]))
+def test_reader_equals_the_exact_walk_around_the_overflow_rule(
+    data: bytes, field_number: int | None
+) -> None:
+    assert extract_or_none(data, field_number) == walk_or_none(data, field_number)
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(wireish(), mutated()))
+def test_reader_equals_the_exact_walk_on_soup_and_mutations(case: tuple[str, bytes]) -> None:
+    method, data = case
+    field_number = _field_of(method)
+    assert extract_or_none(data, field_number) == walk_or_none(data, field_number)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        # Nine bytes >= 0x80 then 0x02 everywhere but in a varint value: all accepted.
+        (ld(2, b"\x00" + b"\xff" * 9 + b"\x02") + ld(1, b"ns"), "ns"),
+        (ld(1, "€€€b".encode()), "€€€b"),
+        (tag(2, 1) + b"\xff" * 8 + b"\x80\x02" + b"\x00", ""),  # fixed64, then field 32's tag
+        (ld(2, b"\xff" * 9) + b"\x78\x00", ""),  # a payload's tail, then field 15's tag
+        (tag(2, 0) + b"\xff" * 9 + b"\x01" + ld(1, b"ns"), "ns"),  # 10th byte 1: no overflow
+        # ... and in a varint value: refused, at the top level and inside a group.
+        (ld(1, b"ns") + tag(2, 0) + b"\xff" * 9 + b"\x02", None),
+        (group(3, tag(2, 0) + b"\xff" * 9 + b"\x7f") + ld(1, b"ns"), None),
+    ],
+)
+def test_overflow_look_alikes(data: bytes, expected: str | None) -> None:
+    assert extract_or_none(data, 1) == expected == walk_or_none(data, 1)
+
+
+def test_unknown_groups_are_walked_exactly_up_to_a_bound_and_refused_beyond() -> None:
+    filler = ld(2000, b"x" * 1000)  # a field the reader does not know
+    small = group(3, b"\x08\x01") + filler * 10 + ld(1, b"ns")
+    assert extract_namespace(small, 1) == "ns"
+    with pytest.raises(MalformedRequestError):
+        extract_namespace(group(3, b"\x00\x00") + filler * 10, 1)  # field 0 in a group
+    big = group(3, b"\x08\x01") + filler * (MAX_GROUP_WALK_BYTES // 1000 + 1) + ld(1, b"ns")
+    assert len(big) > MAX_GROUP_WALK_BYTES
+    with pytest.raises(MalformedRequestError, match="unknown groups"):
+        extract_namespace(big, 1)
+    # Without the group, the same size is read as usual.
+    assert extract_namespace(big[4:], 1) == "ns"
+
+
+@pytest.mark.parametrize("count", [1, 64, 65, 3000, 30_000])
+@pytest.mark.parametrize("field", [2, 2000], ids=["payload-field", "unknown-field"])
+def test_many_look_alikes_in_payloads_and_one_real_overflow(count: int, field: int) -> None:
+    # Every way of checking is exact: spliced or masked copy, small bodies (residue first) and
+    # bodies over 256 KiB (30,000 look-alikes: plain probe, then the residue).
+    payload = (b"\x00" + b"\xff" * 9 + b"\x02") * count
+    body = ld(field, payload) + ld(1, b"ns")
+    assert extract_namespace(body, 1) == "ns" == _walk_exact(body, 1)
+    tiny = tag(3, 0) + b"\x00"
+    assert extract_namespace(tiny * count + body, 1) == "ns"
+    bad = body + tag(3, 0) + b"\xff" * 9 + b"\x02"
+    with pytest.raises(MalformedRequestError, match="overflow"):
+        extract_namespace(bad, 1)
+    assert walk_or_none(bad, 1) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "expected"),
+    [
+        (ld(2, ld(1, b"wf")), (2, 1), "wf"),
+        (ld(2, ld(1, b"one")) + ld(2, ld(2, b"run")), (2, 1), "one"),  # sub-messages merge
+        (ld(2, ld(1, b"one")) + ld(2, ld(1, b"two")), (2, 1), "two"),
+        (ld(3, b"x"), (2, 1), ""),
+        (ld(2, b"wf"), (2,), "wf"),
+    ],
+)
+def test_read_string_follows_sub_messages(
+    data: bytes, path: tuple[int, ...], expected: str
+) -> None:
+    assert read_string(data, path) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        ld(2, ld(1, b"\xff")),  # invalid UTF-8 in the leaf
+        ld(2, tag(3, 0) + b"\xff" * 9 + b"\x02" + ld(1, b"wf")),  # overflow inside the path
+        ld(2, group(4, b"\x00\x00") + ld(1, b"wf")),  # field 0 in a group inside the path
+        ld(2, ld(1, b"wf")) + b"\x0f",
+    ],
+)
+def test_read_string_applies_the_rules_along_the_path(data: bytes) -> None:
+    with pytest.raises(MalformedRequestError):
+        read_string(data, (2, 1))
+
+
+def test_peek_bytes_is_lenient_about_utf8() -> None:
+    assert peek_bytes(ld(1, ld(1, b"\xffname")), (1, 1)) == b"\xffname"
+    assert peek_bytes(b"", (1, 1)) == b""

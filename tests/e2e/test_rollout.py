@@ -585,7 +585,8 @@ def test_audit_log_one_record_per_call_without_credentials(
         ("audit-reader", "jwt", "StartWorkflowExecution", "default", wf_denied, "deny",
          "insufficient_role", "PERMISSION_DENIED"),
         ("audit-reader", "jwt", "DescribeNamespace", "default", "", "allow", "allowed", "OK"),
-        ("", "jwt", "DescribeNamespace", "default", "", "deny", "insufficient_role",
+        # No role at all: denied from the claims, the body never read (issue 14).
+        ("", "jwt", "DescribeNamespace", "", "", "deny", "insufficient_role",
          "PERMISSION_DENIED"),
         ("", "jwt", "GetSystemInfo", "", "", "allow", "health_check", "OK"),
         ("audit-system", "jwt", "DescribeNamespace", "no-such-namespace", "", "allow",

@@ -207,10 +207,13 @@ async def test_long_polls_and_short_calls_for_a_minute(soak_proxy: ProxyProcess,
                 poll_codes["OK"] += 1
             except grpc.aio.AioRpcError as exc:
                 code = exc.code().name
-                if code == "CANCELLED" and time.monotonic() - asked >= timeout - 0.05:
+                at_deadline = time.monotonic() - asked >= timeout - 0.05
+                if code == "CANCELLED" and at_deadline:
                     # The deadline passed and the proxy's cancellation (its server side saw the
                     # deadline first) reached this busy client before the client's own timer.
                     code = "CANCELLED_AT_DEADLINE"
+                elif code == "DEADLINE_EXCEEDED" and not at_deadline:
+                    code = "DEADLINE_EXCEEDED_EARLY"  # a real failure, never load
                 poll_codes[code] += 1
                 if code not in EXPECTED_POLL_CODES:
                     odd.setdefault(f"{code}: {exc.details()}", time.monotonic() - started)
@@ -282,12 +285,20 @@ async def test_long_polls_and_short_calls_for_a_minute(soak_proxy: ProxyProcess,
     total, by_label = requests_total(proxy.metrics())
     assert total == sent, (total, sent, by_label)
     poll = {code: n for (method, code), n in by_label.items() if method == "PollActivityTaskQueue"}
-    assert poll.get("OK", 0) == poll_codes["OK"], (poll, poll_codes)
     # A poll that outlived its deadline: the client sees DEADLINE_EXCEEDED (or, under load, the
     # proxy's cancellation); the proxy counts DEADLINE_EXCEEDED, or CANCELLED when the caller
     # gave up first.
     assert sum(poll.values()) == sum(poll_codes.values()), (poll, poll_codes)
     assert set(poll) <= {"OK", "DEADLINE_EXCEEDED", "CANCELLED"}, poll
+    # The frontend answers an empty long poll just before its deadline, so an answer and the
+    # deadline race: on a loaded machine the proxy relays (and counts OK) answers the client no
+    # longer takes, and the client sees its deadline pass. That is all this side can know, so
+    # it checks exactly that: every OK a client saw was relayed as OK, and every OK the client
+    # did not see is one of its polls that expired at its deadline (checked above to be no
+    # earlier). A poll lost any other way breaks one of the two bounds.
+    client_ok = poll_codes["OK"]
+    expired = poll_codes["DEADLINE_EXCEEDED"] + poll_codes["CANCELLED_AT_DEADLINE"]
+    assert client_ok <= poll.get("OK", 0) <= client_ok + expired, (poll, poll_codes)
     assert (
         by_label.get(("GetSystemInfo", "OK"), 0) + by_label.get(("DescribeNamespace", "OK"), 0)
         == short_codes["OK"]
