@@ -196,3 +196,10 @@ def test_startup_errors_propagate(tmp_path: Path, schema: cedarpy.Schema) -> Non
     _write(tmp_path / "a.cedar", "permit(principal, action, resource) when { nope };")
     with pytest.raises(PolicyLoadError):
         PolicyStore([str(tmp_path / "*.cedar")], schema)
+
+
+def test_the_benchmark_policy_set_validates(schema: cedarpy.Schema) -> None:
+    path = Path(__file__).resolve().parent.parent / "bench" / "cedar" / "policies.cedar"
+    snapshot = load_policies([str(path)], schema)
+    assert len(snapshot.sources) == 20
+    assert all(not s.id.startswith("policies.cedar#") for s in snapshot.sources)
