@@ -21,6 +21,7 @@ from types import MappingProxyType
 
 import cedarpy
 
+from proxy.authz.schema import shipped_schema
 from proxy.errors import ConfigError
 
 __all__ = [
@@ -81,8 +82,6 @@ class ReloadOutcome:
 
 def load_schema(path: str = "") -> cedarpy.Schema:
     """The schema file at `path`, or the shipped Temporal schema when `path` is ""."""
-    from proxy.authz.schema import shipped_schema
-
     try:
         if not path:
             return cedarpy.Schema.from_str(shipped_schema())
