@@ -10,6 +10,8 @@ a Temporal-shaped mix of calls. Scenarios:
   completions, heartbeats) and starts/signals with a new workflow id every time (30 %);
 - cedar-nocache-unique / cedar-cache-unique: every call carries a new workflow id, without
   and with the decision cache (there the cache only costs);
+- cedar-new-namespace: a caller naming a new namespace every call (policy-only lets any
+  credentialed caller reach Cedar with any namespace): the entity-set cache misses;
 - default-and-policy: DefaultAuthorizer AND Cedar, cached, the mix.
 
 Bounded: `--calls` per repetition and `--max-seconds` for the whole run.
@@ -149,6 +151,15 @@ def unique(n: int, who: dict[str, Claims]) -> Workload:
     return [(people[i % len(people)], _start(i) if i % 2 else _signal(i)) for i in range(n)]
 
 
+def new_namespaces(n: int, who: dict[str, Claims]) -> Workload:
+    """A caller naming a new namespace on every call: every entity set is built afresh."""
+    caller = who["oncall"]
+    return [
+        (caller, CallTarget(api_name=WF + "DescribeNamespace", namespace=f"ns-{i}"))
+        for i in range(n)
+    ]
+
+
 async def _run(authorizer: Authorizer, calls: Workload) -> float:
     """CPU seconds per call (process time: what the proxy's one core would spend)."""
     started = time.process_time()
@@ -184,6 +195,7 @@ def main() -> int:
         ("cedar-cache-mix", lambda: cedar(True), lambda n: mix(n, who)),
         ("cedar-nocache-unique", lambda: cedar(False), lambda n: unique(n, who)),
         ("cedar-cache-unique", lambda: cedar(True), lambda n: unique(n, who)),
+        ("cedar-new-namespace", lambda: cedar(True), lambda n: new_namespaces(n, who)),
         (
             "default-and-policy",
             lambda: cedar(True, Combine.DEFAULT_AND_POLICY),
