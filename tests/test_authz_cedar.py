@@ -533,3 +533,29 @@ async def test_principal_values_reach_the_engine(tmp_path: Path, schema: cedarpy
     assert allowed_by(await authorizer.authorize(token, call(WF + "ListNamespaces")), "token")
     other = Claims.build(subject="a", token_claims={"email": ("b@acme.io",)})
     assert not (await authorizer.authorize(other, call(WF + "ListNamespaces"))).allowed
+
+
+async def test_explain_shows_both_decisions_and_the_request(
+    default_and_policy: CedarAuthorizer,
+) -> None:
+    oncall = token_identity("alice", "payments-oncall", {"payments": Role.READER})
+    target = terminate("payments", "Payment-7")
+    explained = await default_and_policy.explain(oncall, target)
+    assert explained.action == "TerminateWorkflowExecution"
+    assert explained.resource == 'Temporal::Namespace::"payments"'
+    assert explained.context == (("workflowId", "Payment-7"),)
+    # Temporal's roles deny; the policies alone would allow: explain shows both.
+    assert explained.default is not None
+    assert explained.default.reason is Reason.INSUFFICIENT_ROLE
+    assert explained.cedar is not None and explained.cedar.allowed
+    assert "payments-oncall-terminate-reset" in explained.cedar.policies
+    assert explained.result.reason is Reason.INSUFFICIENT_ROLE
+    assert explained.generation == 1
+    cluster = await default_and_policy.explain(oncall, call(WF + "ListNamespaces"))
+    assert cluster.resource == 'Temporal::Cluster::"cluster"'
+    unknown = await default_and_policy.explain(oncall, call(WF + "Nope"))
+    assert (unknown.action, unknown.cedar, unknown.result.reason) == (
+        "",
+        None,
+        Reason.UNKNOWN_METHOD,
+    )

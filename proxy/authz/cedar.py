@@ -26,6 +26,7 @@ import enum
 import json
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import cedarpy
@@ -58,7 +59,7 @@ from proxy.model import (
     Scope,
 )
 
-__all__ = ["CedarAuthorizer", "CedarStats", "Combine"]
+__all__ = ["CedarAuthorizer", "CedarExplanation", "CedarStats", "Combine"]
 
 
 class Combine(enum.Enum):
@@ -150,6 +151,19 @@ class _Principal:
             "tags": {name: list(values) for name, values in claims.token_claims.items()},
         }
         self.entities_json = json.dumps(caller) + "," + json.dumps(token)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CedarExplanation:
+    """What `explain` shows for one call: the Cedar request and both decisions."""
+
+    action: str  # Cedar action id, "" for a method the table does not know
+    resource: str  # e.g. Temporal::Namespace::"payments"
+    context: Attributes  # the request attributes Cedar saw
+    default: Result | None  # Temporal's default authorizer (default-and-policy only)
+    cedar: Result | None  # the policies' own decision (None when not reached)
+    result: Result  # what authorize() returns
+    generation: int  # policy set generation
 
 
 class CedarStats:
@@ -275,6 +289,54 @@ class CedarAuthorizer:
         except Exception:  # fail closed on anything from the engine
             return _DENY_ERROR
 
+    async def explain(self, claims: Claims | None, target: CallTarget) -> CedarExplanation:
+        """The decision for `target` with its parts, never from the cache (for `explain`).
+
+        Cedar is asked even when the default authorizer denies, so an operator sees both.
+        """
+        result = await self.authorize(claims, target)
+        generation = self._store.current.generation
+        action = self._action(target.api_name)
+        if action is None or claims is None or target.api_name in self._health:
+            return CedarExplanation(
+                action=action[1]["id"] if action else "",
+                resource="",
+                context=(),
+                default=None,
+                cedar=None,
+                result=result,
+                generation=generation,
+            )
+        info, action_uid = action
+        default = (
+            await self._default.authorize(claims, target) if self._default is not None else None
+        )
+        resource = (
+            f"{NAMESPACE}::{json.dumps(target.namespace)}"
+            if info.scope is Scope.NAMESPACE
+            else f"{CLUSTER}::{json.dumps(CLUSTER_ID)}"
+        )
+        try:
+            context = self._reader.read(info, target.request)
+        except MalformedRequestError:
+            context, cedar = (), _DENY_MALFORMED
+        else:
+            try:
+                cedar = self._decide(
+                    claims, info, action_uid, target.namespace, context, use_cache=False
+                )
+            except Exception:  # fail closed, as authorize does
+                cedar = _DENY_ERROR
+        return CedarExplanation(
+            action=action_uid["id"],
+            resource=resource,
+            context=context,
+            default=default,
+            cedar=cedar,
+            result=result,
+            generation=generation,
+        )
+
     def _decide(
         self,
         claims: Claims,
@@ -282,12 +344,14 @@ class CedarAuthorizer:
         action_uid: dict[str, str],
         namespace: str,
         attributes: Attributes,
+        *,
+        use_cache: bool = True,
     ) -> Result:
         snapshot = self._store.current
         principal = self._principal(claims)
         resource_ns = namespace if info.scope is Scope.NAMESPACE else None
         key: tuple[Any, ...] | None = None
-        if self._cache:
+        if self._cache and use_cache:
             size = len(namespace) + sum(len(v) for _, v in attributes)
             if size <= _MAX_CACHED_KEY_CHARS:
                 key = (
