@@ -559,3 +559,36 @@ async def test_explain_shows_both_decisions_and_the_request(
         None,
         Reason.UNKNOWN_METHOD,
     )
+
+
+def _custom_schema(tmp_path: Path, text: str) -> PolicyStore:
+    schema = cedarpy.Schema.from_str(text)
+    (tmp_path / "p.cedar").write_text("forbid(principal, action, resource) when { false };")
+    return PolicyStore([str(tmp_path / "p.cedar")], schema)
+
+
+def test_a_schema_that_cannot_hold_the_principal_fails_at_startup(tmp_path: Path) -> None:
+    from proxy.authz.schema import shipped_schema
+    from proxy.errors import ConfigError
+
+    text = shipped_schema().replace("    certificate?: Certificate,\n", "")
+    assert text != shipped_schema()
+    store = _custom_schema(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        CedarAuthorizer(store, combine=Combine.POLICY_ONLY, default=None)
+    assert info.value.path == "authorization.cedar.schemaFile"
+    assert "entities" in str(info.value)
+
+
+def test_a_schema_without_some_actions_fails_at_startup(tmp_path: Path) -> None:
+    from proxy.authz.schema import shipped_schema
+    from proxy.errors import ConfigError
+
+    text = shipped_schema().replace('    "DeleteSchedule",\n', "")
+    assert text != shipped_schema()
+    with pytest.raises(ConfigError, match="DeleteSchedule"):
+        CedarAuthorizer(_custom_schema(tmp_path, text), combine=Combine.POLICY_ONLY, default=None)
+    # The shipped schema passes both checks.
+    CedarAuthorizer(
+        _custom_schema(tmp_path, shipped_schema()), combine=Combine.POLICY_ONLY, default=None
+    )

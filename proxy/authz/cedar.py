@@ -32,7 +32,7 @@ from typing import Any
 import cedarpy
 
 from proxy.authz.attributes import AttributeReader, Attributes
-from proxy.authz.policies import PolicyStore
+from proxy.authz.policies import SCHEMA_FILE_KEY, PolicyStore
 from proxy.authz.schema import (
     CALLER,
     CLUSTER,
@@ -42,9 +42,15 @@ from proxy.authz.schema import (
     TOKEN_CLAIMS,
     action_id,
 )
-from proxy.errors import MalformedRequestError
+from proxy.errors import ConfigError, MalformedRequestError
 from proxy.interfaces import Authorizer
-from proxy.methods import HEALTH_CHECK_APIS, all_methods
+from proxy.methods import (
+    ADMIN_SERVICE_PREFIX,
+    HEALTH_CHECK_APIS,
+    UNKNOWN_LABEL,
+    all_methods,
+    is_forwarded,
+)
 from proxy.methods import lookup as table_lookup
 from proxy.model import (
     ALLOW_HEALTH,
@@ -208,6 +214,43 @@ class CedarAuthorizer:
         self._entities: OrderedDict[tuple[int, str | None], cedarpy.Entities] = OrderedDict()
         self._decisions: OrderedDict[tuple[Any, ...], Result] = OrderedDict()
 
+        self._probe()
+
+    def _probe(self) -> None:
+        """Fail at startup when the schema (a custom schemaFile) cannot hold what we send."""
+        peer = PeerIdentity(subject="CN=probe", common_name="probe", spiffe_id="spiffe://probe")
+        probe = Claims.build(
+            subject="probe",
+            system=Role.ADMIN,
+            namespaces={"probe": Role.READER},
+            peer=peer,
+            token_claims={"groups": ("probe",)},
+        )
+        principal = _Principal(0, probe)
+        for namespace in ("probe", None):
+            try:
+                self._build_entities(principal, namespace)
+            except ValueError as exc:
+                raise ConfigError(
+                    SCHEMA_FILE_KEY, f"the schema does not accept the proxy's entities: {exc}"
+                ) from None
+        # Every action a forwarded call can be must exist, or those calls would all be denied.
+        actions = sorted({action_id(m) for m in all_methods() if is_forwarded(m.full_name)})
+        unknown_admin = table_lookup(ADMIN_SERVICE_PREFIX + UNKNOWN_LABEL)
+        if unknown_admin is not None:
+            actions.append(action_id(unknown_admin))
+        listed = ", ".join(f'Temporal::Action::"{a}"' for a in actions if a)
+        check = cedarpy.validate_policies(
+            f"permit(principal, action in [{listed}], resource);", self._store.schema
+        )
+        missing = [e.error for e in check.errors if "unrecognized action" in e.error]
+        if missing:
+            raise ConfigError(
+                SCHEMA_FILE_KEY,
+                f"the schema lacks {len(missing)} of the proxy's actions, e.g. "
+                + missing[0].split(", ", 1)[-1],
+            )
+
     @property
     def store(self) -> PolicyStore:
         return self._store
@@ -246,6 +289,13 @@ class CedarAuthorizer:
             self.stats.entity_hits += 1
             self._entities.move_to_end(key)
             return entities
+        entities = self._build_entities(principal, namespace)
+        self._entities[key] = entities
+        if len(self._entities) > _ENTITIES:
+            self._entities.popitem(last=False)
+        return entities
+
+    def _build_entities(self, principal: _Principal, namespace: str | None) -> cedarpy.Entities:
         if namespace is None:
             resource = _CLUSTER_ENTITY
         else:
@@ -258,13 +308,9 @@ class CedarAuthorizer:
             )
         # Parsed with the schema: it checks our JSON and adds the action entities (the groups);
         # ~50 us, cheaper than cloning a base set that holds them (~120 us).
-        entities = cedarpy.Entities.from_json_str(
+        return cedarpy.Entities.from_json_str(
             f"[{principal.entities_json},{resource}]", self._store.schema
         )
-        self._entities[key] = entities
-        if len(self._entities) > _ENTITIES:
-            self._entities.popitem(last=False)
-        return entities
 
     async def authorize(self, claims: Claims | None, target: CallTarget) -> Result:
         name = target.api_name
