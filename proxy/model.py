@@ -62,6 +62,7 @@ class Reason(enum.StrEnum):
     BAD_CERTIFICATE = "bad_certificate"
     TOKEN_REQUIRED = "token_required"
     AUTHORIZER_ERROR = "authorizer_error"
+    POLICY_DENIED = "policy_denied"
     CLAIM_MAPPER_ERROR = "claim_mapper_error"
 
 
@@ -119,6 +120,13 @@ class Claims:
     system: Role = Role.UNDEFINED
     namespaces: Mapping[str, Role] = field(default_factory=lambda: MappingProxyType({}))
     auth_type: str = "jwt"
+    # For policy engines (Cedar): the verified certificate of the call, and the token claims
+    # the config exposes, each normalised to a tuple of strings (a string claim is one value;
+    # claims of other types are left out). Empty unless a claim mapper fills them.
+    peer: PeerIdentity | None = None
+    token_claims: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     @staticmethod
     def build(
@@ -127,12 +135,16 @@ class Claims:
         system: Role = Role.UNDEFINED,
         namespaces: Mapping[str, Role] | None = None,
         auth_type: str = "jwt",
+        peer: PeerIdentity | None = None,
+        token_claims: Mapping[str, tuple[str, ...]] | None = None,
     ) -> Claims:
         return Claims(
             subject=subject,
             system=system,
             namespaces=_frozen_roles(namespaces),
             auth_type=auth_type,
+            peer=peer,
+            token_claims=MappingProxyType(dict(token_claims or {})),
         )
 
     def role_in(self, namespace: str) -> Role:
@@ -156,6 +168,8 @@ class MethodInfo:
     access: Access
     namespace_field: int | None
     polling: bool = False
+    # Request attributes a policy engine may read: (name, field-number path to a string).
+    attributes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -169,6 +183,8 @@ class CallTarget:
 class Result:
     decision: Decision
     reason: Reason
+    # Ids of the policies that decided (policy engines only; ids come from config).
+    policies: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> bool:

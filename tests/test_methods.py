@@ -12,6 +12,7 @@ from temporalio.api.workflowservice.v1 import service_pb2 as workflow_service_pb
 from proxy import methods
 from proxy.methods import (
     HEALTH_CHECK_APIS,
+    REQUEST_ATTRIBUTES,
     UNKNOWN_LABEL,
     all_methods,
     is_forwarded,
@@ -251,3 +252,106 @@ def test_methods_module_does_not_import_grpc() -> None:
     with open(source, encoding="utf-8") as f:
         text = f.read()
     assert "import grpc" not in text
+
+
+# --- the attribute-path column (request attributes for policy engines) ---
+
+_WORKFLOW_ID_PATHS = (
+    ("workflow_id",),
+    ("execution", "workflow_id"),
+    ("workflow_execution", "workflow_id"),
+    ("update_ref", "workflow_execution", "workflow_id"),
+    ("schedule", "action", "start_workflow", "workflow_id"),
+)
+# attribute -> candidate field-name paths, first match wins (the rule the table follows)
+_ATTRIBUTE_RULES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "workflowId": _WORKFLOW_ID_PATHS,
+    "workflowType": (
+        ("workflow_type", "name"),
+        ("schedule", "action", "start_workflow", "workflow_type", "name"),
+    ),
+    "taskQueue": (
+        ("task_queue",),
+        ("task_queue", "name"),
+        ("schedule", "action", "start_workflow", "task_queue", "name"),
+    ),
+    "scheduleId": (("schedule_id",),),
+    "batchJobId": (("job_id",),),
+    "updateName": (("request", "input", "name"),),
+    "signalName": (("signal_name",),),
+    "queryType": (("query", "query_type"),),
+}
+
+
+def _resolve(method: MethodDescriptor, names: tuple[str, ...]) -> tuple[int, ...] | None:
+    """Field numbers of a singular path ending in a string, None when the message has none."""
+    message = method.input_type
+    numbers: list[int] = []
+    for i, name in enumerate(names):
+        fd = message.fields_by_name.get(name)
+        if fd is None or fd.is_repeated:
+            return None
+        numbers.append(fd.number)
+        if i < len(names) - 1:
+            if fd.type != FieldDescriptor.TYPE_MESSAGE:
+                return None
+            message = fd.message_type
+        elif fd.type != FieldDescriptor.TYPE_STRING:
+            return None
+    return tuple(numbers)
+
+
+@pytest.mark.parametrize("full_name", sorted(DESCRIPTOR_METHODS))
+def test_attribute_paths_follow_the_rule(full_name: str) -> None:
+    method = DESCRIPTOR_METHODS[full_name]
+    expected: dict[str, tuple[int, ...]] = {}
+    for attribute, candidates in _ATTRIBUTE_RULES.items():
+        for names in candidates:
+            numbers = _resolve(method, names)
+            if numbers is not None:
+                expected[attribute] = numbers
+                break
+    info = lookup(full_name)
+    assert info is not None
+    assert dict(info.attributes) == expected
+    assert len(info.attributes) == len(dict(info.attributes))
+
+
+@pytest.mark.parametrize(
+    "full_name",
+    sorted(n for n in DESCRIPTOR_METHODS if lookup(n).attributes),  # type: ignore[union-attr]
+)
+def test_attribute_paths_are_singular_strings_outside_oneofs(full_name: str) -> None:
+    # The reader models no oneof: a sibling member arriving later would clear the field for
+    # Temporal but not for the reader. Single-member oneofs (schedule.action) are harmless.
+    info = lookup(full_name)
+    assert info is not None
+    for attribute, numbers in info.attributes:
+        assert attribute in REQUEST_ATTRIBUTES
+        message = DESCRIPTOR_METHODS[full_name].input_type
+        for depth, number in enumerate(numbers):
+            fd = message.fields_by_number[number]
+            assert not fd.is_repeated
+            oneof = fd.containing_oneof
+            assert oneof is None or len(oneof.fields) == 1, (attribute, fd.full_name)
+            if depth < len(numbers) - 1:
+                assert fd.type == FieldDescriptor.TYPE_MESSAGE
+                message = fd.message_type
+            else:
+                assert fd.type == FieldDescriptor.TYPE_STRING
+
+
+def test_attribute_spot_rows() -> None:
+    start = lookup(WF + "StartWorkflowExecution")
+    assert start is not None
+    assert dict(start.attributes) == {
+        "workflowId": (2,),
+        "workflowType": (3, 1),
+        "taskQueue": (4, 1),
+    }
+    update = lookup(WF + "UpdateWorkflowExecution")
+    assert dict(update.attributes) == {"workflowId": (2, 1), "updateName": (5, 2, 2)}  # type: ignore[union-attr]
+    assert lookup(WF + "GetSystemInfo").attributes == ()  # type: ignore[union-attr]
+    # Every attribute is carried by at least one method.
+    carried = {name for m in all_methods() for name, _ in m.attributes}
+    assert carried == set(REQUEST_ATTRIBUTES)
