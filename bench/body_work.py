@@ -1,6 +1,6 @@
 """CPU per decision for hostile request bodies (issue 14): the namespace read, old vs new.
 
-"old" is the field-by-field Python walk the proxy used before (still in `proxy.wire` as
+"old" is the field-by-field Python walk the proxy used before (still in `proxy.wire.read` as
 `_walk_exact`, now only for small bodies with unknown groups); "new" is `extract_namespace`
 (upb plus the C-speed Go-rule checks). Each body is 4 MiB of the cheapest fields an attacker can
 pick, so the per-field cost dominates. CPU seconds (process time), best of --repeat runs.
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from proxy.errors import MalformedRequestError
-from proxy.wire import _walk_exact, extract_namespace
+from proxy.wire.read import _walk_exact, extract_namespace
 
 
 def _varint(n: int) -> bytes:

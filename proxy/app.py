@@ -34,23 +34,20 @@ from proxy.codec.payload import PayloadCodec
 from proxy.config import IDENTITY_MAPPERS, Config
 from proxy.errors import ConfigError
 from proxy.forward import ForwardingHandler, UpstreamPool, channel_options, close_channels
-from proxy.interfaces import Authorizer, ClaimMapper
+from proxy.gate import Gate
+from proxy.interfaces import Authorizer, ClaimMapper, Logger
 from proxy.keys.build import build_key_provider
 from proxy.keys.idp import IdpKeys
 from proxy.keys.jwks import JwksKeyProvider
 from proxy.metrics import CodecMetrics, ProxyMetrics, multiprocess_dir
-from proxy.pipeline import Gate
 from proxy.plugins import load_plugin
 from proxy.ratelimit import RateLimiter
 from proxy.tls.credentials import FrontendCredentials, channel_credentials
 from proxy.tls.material import ClientMaterial, load_tls_materials
 from proxy.tls.peer import peer_identity
 from proxy.tls.reload import TLSReloader
+from proxy.wire.write import HEALTH_REQUEST, health_serving
 
-HEALTH_METHOD = "/grpc.health.v1.Health/Check"
-# HealthCheckRequest{service: "temporal.api.workflowservice.v1.WorkflowService"}, as the CLI asks.
-_HEALTH_SERVICE = b"temporal.api.workflowservice.v1.WorkflowService"
-HEALTH_REQUEST = b"\x0a" + bytes([len(_HEALTH_SERVICE)]) + _HEALTH_SERVICE
 KEY_RETRY_SECONDS = 5.0
 
 
@@ -60,7 +57,7 @@ def _split_address(address: str) -> tuple[str, int]:
 
 
 def build_claim_mapper(
-    cfg: Config, keys: JwksKeyProvider | IdpKeys | None, logger: Any
+    cfg: Config, keys: JwksKeyProvider | IdpKeys | None, logger: Logger
 ) -> ClaimMapper:
     a = cfg.authorization
     name = a.claim_mapper.lower()
@@ -104,7 +101,7 @@ class App:
     cfg: Config
     registry: CollectorRegistry
     metrics: ProxyMetrics
-    log: Any
+    log: Logger
     reloader: TLSReloader
     frontend: FrontendCredentials | None
     keys: JwksKeyProvider | IdpKeys | None
@@ -134,13 +131,12 @@ class App:
 
     async def upstream_health(self) -> str:
         try:
-            reply = await self.pool.channel.unary_unary(HEALTH_METHOD)(
+            reply = await self.pool.channel.unary_unary(methods.HEALTH_CHECK)(
                 HEALTH_REQUEST, timeout=self.cfg.upstream.health_check_timeout
             )
         except grpc.aio.AioRpcError as exc:
             return f"health check failed: {exc.code().name}"
-        # HealthCheckResponse{status: SERVING (1)} is the two bytes 08 01.
-        return "ok" if reply == b"\x08\x01" else "not serving"
+        return "ok" if health_serving(reply) else "not serving"
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -325,7 +321,7 @@ def build_server(
     return server
 
 
-def build(cfg: Config, *, logger: Any, registry: CollectorRegistry | None = None) -> App:
+def build(cfg: Config, *, logger: Logger, registry: CollectorRegistry | None = None) -> App:
     """Build and validate everything `serve` needs. Raises ConfigError; binds nothing."""
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ProxyMetrics(
@@ -385,7 +381,6 @@ def build(cfg: Config, *, logger: Any, registry: CollectorRegistry | None = None
         ),
         limiter=RateLimiter(cfg.rate_limits) if cfg.rate_limits.enabled else None,
         audit=audit,
-        mode=cfg.authorization.mode,
     )
     app = App(
         cfg=cfg,
@@ -402,13 +397,13 @@ def build(cfg: Config, *, logger: Any, registry: CollectorRegistry | None = None
     app.admin = build_admin_app(
         registry=metrics_registry(registry, multiprocess_dir()),
         readiness=app.readiness,
-        extra_routes=build_codec_routes(cfg, mapper, registry),
+        extra_routes=build_codec_routes(cfg, mapper, registry, logger),
     )
     return app
 
 
 def build_codec_routes(
-    cfg: Config, mapper: ClaimMapper, registry: CollectorRegistry
+    cfg: Config, mapper: ClaimMapper, registry: CollectorRegistry, logger: Logger
 ) -> list[web.RouteDef]:
     if not cfg.codec.enabled:
         return []
@@ -424,4 +419,5 @@ def build_codec_routes(
         limits=CodecLimits.from_config(cfg.codec),
         metrics=CodecMetrics(registry),
         path_prefix=cfg.codec.path_prefix,
+        logger=logger,
     )

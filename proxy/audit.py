@@ -23,7 +23,7 @@ from proxy.config import AuditConfig
 from proxy.errors import MalformedRequestError
 from proxy.log import truncate
 from proxy.model import Access, Claims, MethodInfo, PeerIdentity
-from proxy.wire import read_string
+from proxy.wire.read import read_string
 
 # Where the workflow id sits in a request: (field,) for a top-level `workflow_id`, or
 # (field, 1) for `workflow_execution.workflow_id`. Checked against the temporalio descriptors by
@@ -65,7 +65,7 @@ WORKFLOW_ID_PATHS: dict[str, tuple[int, ...]] = {
 def workflow_id(method: MethodInfo, request: bytes) -> str:
     """Best effort: the request's workflow id, "" when it has none or the bytes are odd.
 
-    Read by the namespace's reader (`proxy.wire`), with the same rules: sub-message occurrences
+    Read by the namespace's reader (`proxy.wire.read`), with the same rules: sub-message occurrences
     merge and the last string wins, as in the parser Temporal runs.
     """
     path = WORKFLOW_ID_PATHS.get(method.short_name)

@@ -21,8 +21,6 @@ class ConfigError(ProxyError):
 class CredentialError(ProxyError):
     """The caller's credentials were refused. Becomes PERMISSION_DENIED `Request unauthorized.`."""
 
-    grpc_status = "PERMISSION_DENIED"
-
     def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
@@ -32,12 +30,6 @@ class CredentialError(ProxyError):
 class MalformedRequestError(ProxyError):
     """Request bytes that are not a well-formed protobuf message (denied before forwarding)."""
 
-    grpc_status = "PERMISSION_DENIED"
-
 
 class KeySourceError(ProxyError):
     """A JWKS source could not be fetched or parsed."""
-
-
-class TLSMaterialError(ProxyError):
-    """Certificates or keys that cannot be loaded or do not match."""

@@ -14,20 +14,27 @@ from proxy.app import build_authorizer, build_claim_mapper
 from proxy.authz import required_role
 from proxy.config import Config
 from proxy.errors import ConfigError
+from proxy.gate import Gate, Verdict
 from proxy.keys.build import build_key_provider
 from proxy.keys.fetch import redact_uri
 from proxy.keys.idp import IdpKeys
 from proxy.keys.jwks import JwksKeyProvider
+from proxy.methods import (
+    ADMIN_SERVICE_PREFIX,
+    HEALTH_SERVICE_PREFIX,
+    OPERATOR_SERVICE_PREFIX,
+    WORKFLOW_SERVICE_PREFIX,
+)
 from proxy.metrics import ProxyMetrics
 from proxy.model import Claims, MethodInfo, PeerIdentity, Reason, Role, Scope
-from proxy.pipeline import Gate, Verdict, encode_len_field
 from proxy.tls.peer import identity_from_pem
+from proxy.wire.write import encode_len_field
 
 _SERVICES = (
-    "/temporal.api.workflowservice.v1.WorkflowService/",
-    "/temporal.api.operatorservice.v1.OperatorService/",
-    "/grpc.health.v1.Health/",
-    "/temporal.server.api.adminservice.v1.AdminService/",
+    WORKFLOW_SERVICE_PREFIX,
+    OPERATOR_SERVICE_PREFIX,
+    HEALTH_SERVICE_PREFIX,
+    ADMIN_SERVICE_PREFIX,
 )
 
 

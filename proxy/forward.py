@@ -12,11 +12,13 @@ import grpc
 import grpc.aio
 
 from proxy.audit import AuditLog, AuditRecord, workflow_id
+from proxy.gate import Gate, Verdict, auth_type_label
+from proxy.interfaces import Logger
 from proxy.listfilter import FilteredListing, ListingError, readable_by
 from proxy.metrics import ProxyMetrics
 from proxy.model import MethodInfo, PeerIdentity
-from proxy.pipeline import DENIED_MESSAGE, Gate, Verdict, auth_type_label, denial_status_bytes
 from proxy.ratelimit import RateLimiter
+from proxy.wire.write import DENIED_MESSAGE, denial_status_bytes
 
 # Request metadata that belongs to one HTTP/2 hop, or that grpc sets itself, never relayed.
 _HOP_BY_HOP = frozenset(
@@ -131,7 +133,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc h
         gate: Gate,
         pool: UpstreamPool,
         metrics: ProxyMetrics,
-        logger: Any,
+        logger: Logger,
         lookup: Callable[[str], MethodInfo | None],
         is_forwarded: Callable[[str], bool],
         auth_header_name: str = "authorization",
@@ -140,7 +142,6 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc h
         read_peer: PeerReader | None = None,
         limiter: RateLimiter | None = None,
         audit: AuditLog | None = None,
-        mode: str = "enforce",
     ) -> None:
         self._gate = gate
         self._pool = pool
@@ -154,7 +155,6 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc h
         self._read_peer = read_peer
         self._limiter = limiter
         self._audit = audit
-        self._mode = mode
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         self._denied_trailers = (("grpc-status-details-bin", denial_status_bytes()),)
 
@@ -179,7 +179,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc h
         method, short = info.full_name, info.short_name
         auth, extra_name, drop = self._auth, self._extra, self._drop
         read_peer = self._read_peer
-        limiter, audit, mode = self._limiter, self._audit, self._mode
+        limiter, audit, mode = self._limiter, self._audit, gate.mode
         duration = metrics.duration(short)
         inflight = metrics.inflight
         denied_trailers = self._denied_trailers

@@ -20,6 +20,10 @@ class Logger(Protocol):
 
     def warning(self, event: str, **kw: Any) -> Any: ...
 
+    def error(self, event: str, **kw: Any) -> Any: ...
+
+    def debug(self, event: str, **kw: Any) -> Any: ...
+
 
 class TaskSpawner(Protocol):
     """Where a part starts background work: the app's TaskGroup (or one nested in it)."""
@@ -71,10 +75,3 @@ class KeyProvider(Protocol):
     def generation(self) -> int:
         """Changes whenever the key set changes, so cached verifications cannot outlive it."""
         ...
-
-
-@runtime_checkable
-class BackgroundTask(Protocol):
-    """Optional capability: something that needs a loop in the app's TaskGroup."""
-
-    async def run(self) -> None: ...

@@ -21,17 +21,34 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from proxy.errors import MalformedRequestError
+from proxy.methods import LIST_NAMESPACES
 from proxy.model import Claims, Role
-from proxy.protowalk import iter_fields, read_varint
-from proxy.wire import peek_bytes
+from proxy.wire.read import peek_bytes, read_top_fields, read_varint
+from proxy.wire.walk import iter_fields
+from proxy.wire.write import encode_len_field, encode_varint
 
-LIST_NAMESPACES = "/temporal.api.workflowservice.v1.WorkflowService/ListNamespaces"
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "LIST_NAMESPACES",
+    "MAX_UPSTREAM_PAGES",
+    "TOKEN_MAGIC",
+    "UPSTREAM_PAGE_SIZE",
+    "FilteredListing",
+    "ListingError",
+    "can_list_some",
+    "decode_token",
+    "encode_token",
+    "namespace_name",
+    "readable_by",
+]
 
 UPSTREAM_PAGE_SIZE = 1000
 MAX_UPSTREAM_PAGES = 10  # so at most 10,000 namespaces in the cluster; more fails the call
 DEFAULT_PAGE_SIZE = 100  # Temporal's, for page_size 0
 TOKEN_MAGIC = b"tap-ns1\x00"
 _MAX_NAME = 4096  # bytes of a namespace name inside a token we accept
+# Top-level fields of one upstream page beyond its entries (token, a newer server's extras).
+_SPARE_FIELDS = 64
 
 
 class ListingError(Exception):
@@ -52,22 +69,6 @@ class ListingError(Exception):
         }.get(self.reason, "temporal-auth-proxy: cannot filter the namespace list")
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _len_field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def namespace_name(describe_response: bytes) -> str:
     """`namespace_info.name` as a client's parser reads it (C speed; "" when odd)."""
     try:
@@ -79,7 +80,7 @@ def namespace_name(describe_response: bytes) -> str:
 
 def encode_token(offset: int, after: str) -> bytes:
     """The proxy's page token: readable namespaces handed out so far, and the last one's name."""
-    return TOKEN_MAGIC + _varint(offset) + after.encode("utf-8")
+    return TOKEN_MAGIC + encode_varint(offset) + after.encode("utf-8")
 
 
 def decode_token(token: bytes) -> tuple[int, str]:
@@ -89,7 +90,7 @@ def decode_token(token: bytes) -> tuple[int, str]:
     try:
         offset, pos = read_varint(token, len(TOKEN_MAGIC))
         name = token[pos:].decode("utf-8")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (MalformedRequestError, UnicodeDecodeError) as exc:
         raise ListingError("INVALID_ARGUMENT", "bad_token", "malformed token") from exc
     if offset > 1 << 31 or not name or len(token) - pos > _MAX_NAME:
         raise ListingError("INVALID_ARGUMENT", "bad_token", "malformed token")
@@ -111,38 +112,30 @@ class FilteredListing:
         self._keep = keep
         self._upstream_page_size = upstream_page_size
         self._max_pages = max_pages
-        page_size = 0
-        token = b""
-        rest = bytearray()
         try:
-            for number, wire, start, value_start, end in iter_fields(request):
-                if number == 1:
-                    if wire != 0:
-                        raise ValueError("page_size is not a varint")
-                    page_size = read_varint(request, value_start)[0]
-                elif number == 2:
-                    if wire != 2:
-                        raise ValueError("next_page_token is not bytes")
-                    token = request[value_start:end]
-                else:
-                    rest += request[start:end]  # namespace_filter and the like, as sent
-        except ValueError as exc:
+            # The caller's bytes (up to gRPC's receive limit): read at C speed, never walked in
+            # Python. namespace_filter and anything else go upstream as sent.
+            fields, rest = read_top_fields(request, {1: 0, 2: 2})
+        except MalformedRequestError as exc:
             raise ListingError("INVALID_ARGUMENT", "bad_request", str(exc)) from exc
+        page_size = fields.get(1, 0)
+        token = fields.get(2, b"")
+        assert isinstance(page_size, int) and isinstance(token, bytes)
         page_size &= 0xFFFFFFFF  # int32 on the wire: negative values are 10-byte varints
         if page_size == 0 or page_size >= 1 << 31:
             page_size = DEFAULT_PAGE_SIZE
         self.page_size = page_size
         self._offset, self._after = decode_token(token) if token else (0, "")
-        self._base = bytes(rest)
+        self._base = rest
         self._visible: list[tuple[str, bytes]] = []  # readable entries in the frontend's order
         self._index: dict[str, int] = {}
         self._cursor = b""
         self._pages = 0
 
     def next_request(self) -> bytes:
-        body = self._base + _varint(1 << 3) + _varint(self._upstream_page_size)
+        body = self._base + encode_varint(1 << 3) + encode_varint(self._upstream_page_size)
         if self._cursor:
-            body += _len_field(2, self._cursor)
+            body += encode_len_field(2, self._cursor)
         return body
 
     def feed(self, response: bytes) -> bytes | None:
@@ -150,7 +143,10 @@ class FilteredListing:
         self._pages += 1
         cursor = b""
         try:
-            for number, wire, start, value_start, end in iter_fields(response):
+            # The frontend's answer, walked in Python: trusted to be well formed, but the walk
+            # is bounded anyway (gRPC's receive limit, and a field count a page cannot need).
+            fields = iter_fields(response, max_fields=self._upstream_page_size + _SPARE_FIELDS)
+            for number, wire, start, value_start, end in fields:
                 if number == 1 and wire == 2:
                     name = namespace_name(response[value_start:end])
                     if name and name not in self._index and self._keep(name):
@@ -158,7 +154,7 @@ class FilteredListing:
                         self._visible.append((name, response[start:end]))
                 elif number == 2 and wire == 2:
                     cursor = response[value_start:end]
-        except ValueError as exc:
+        except MalformedRequestError as exc:
             raise ListingError("INTERNAL", "bad_response", str(exc)) from exc
         if not cursor or self._enough():
             return None
@@ -194,7 +190,7 @@ class FilteredListing:
         page = self._visible[start : start + self.page_size]
         out = b"".join(raw for _, raw in page)
         if len(self._visible) > start + len(page):
-            out += _len_field(2, encode_token(start + len(page), page[-1][0]))
+            out += encode_len_field(2, encode_token(start + len(page), page[-1][0]))
         return out
 
 

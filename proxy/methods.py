@@ -12,13 +12,20 @@ from types import MappingProxyType
 from proxy.model import Access, MethodInfo, Scope
 
 __all__ = [
+    "ADMIN_SERVICE",
     "ADMIN_SERVICE_PREFIX",
     "HEALTH_CHECK",
     "HEALTH_CHECK_APIS",
+    "HEALTH_SERVICE",
+    "HEALTH_SERVICE_PREFIX",
+    "LIST_NAMESPACES",
+    "NEXUS_SERVICE",
     "NEXUS_SERVICE_PREFIX",
+    "OPERATOR_SERVICE",
     "OPERATOR_SERVICE_PREFIX",
     "REQUEST_ATTRIBUTES",
     "UNKNOWN_LABEL",
+    "WORKFLOW_SERVICE",
     "WORKFLOW_SERVICE_PREFIX",
     "all_methods",
     "is_forwarded",
@@ -26,11 +33,19 @@ __all__ = [
     "metric_label",
 ]
 
-WORKFLOW_SERVICE_PREFIX = "/temporal.api.workflowservice.v1.WorkflowService/"
-OPERATOR_SERVICE_PREFIX = "/temporal.api.operatorservice.v1.OperatorService/"
-ADMIN_SERVICE_PREFIX = "/temporal.server.api.adminservice.v1.AdminService/"
-NEXUS_SERVICE_PREFIX = "/temporal.api.nexusservice.v1.NexusService/"
-HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+# The one place service names are written; other modules import them from here.
+WORKFLOW_SERVICE = "temporal.api.workflowservice.v1.WorkflowService"
+OPERATOR_SERVICE = "temporal.api.operatorservice.v1.OperatorService"
+ADMIN_SERVICE = "temporal.server.api.adminservice.v1.AdminService"
+NEXUS_SERVICE = "temporal.api.nexusservice.v1.NexusService"
+HEALTH_SERVICE = "grpc.health.v1.Health"
+WORKFLOW_SERVICE_PREFIX = f"/{WORKFLOW_SERVICE}/"
+OPERATOR_SERVICE_PREFIX = f"/{OPERATOR_SERVICE}/"
+ADMIN_SERVICE_PREFIX = f"/{ADMIN_SERVICE}/"
+NEXUS_SERVICE_PREFIX = f"/{NEXUS_SERVICE}/"
+HEALTH_SERVICE_PREFIX = f"/{HEALTH_SERVICE}/"
+HEALTH_CHECK = HEALTH_SERVICE_PREFIX + "Check"
+LIST_NAMESPACES = WORKFLOW_SERVICE_PREFIX + "ListNamespaces"
 
 # Metric label for any method the table does not know (keeps the label set closed).
 UNKNOWN_LABEL = "unknown"

@@ -306,8 +306,8 @@ def test_default_mode_config_is_untouched_by_the_new_sections() -> None:
 async def test_the_mapper_receives_the_peer_through_the_gate() -> None:
     from prometheus_client import CollectorRegistry
 
+    from proxy.gate import Gate
     from proxy.metrics import ProxyMetrics
-    from proxy.pipeline import Gate
 
     m = mapper(({"spiffe_id": "spiffe://prod/ns/*/sa/*"}, ["{1}:write"]))
     gate = Gate(

@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from proxy.claims.jwt import DefaultJWTClaimMapper
 from proxy.errors import CredentialError, KeySourceError
-from proxy.interfaces import BackgroundTask, KeyProvider
+from proxy.interfaces import KeyProvider
 from proxy.keys.fetch import redact_uri
 from proxy.keys.jwks import JwksKeyProvider, StaticKeyProvider, parse_jwks
 from proxy.model import AuthInfo, Reason
@@ -155,7 +155,7 @@ def assert_no_key_material(log: RecordingLogger) -> None:
 async def test_initial_load_over_http(server: JwksServer) -> None:
     server.body = jwks(RSA1, EC1)
     provider, log, seen = make((server.url,))
-    assert isinstance(provider, KeyProvider) and isinstance(provider, BackgroundTask)
+    assert isinstance(provider, KeyProvider)
     assert not provider.loaded and provider.last_success is None
     assert await provider.refresh() is True
     assert provider.loaded and provider.key_count == 2 and provider.generation == 1

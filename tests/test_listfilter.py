@@ -18,6 +18,7 @@ from temporalio.api.workflowservice.v1 import (
 
 from proxy import methods
 from proxy.authz import DefaultAuthorizer
+from proxy.gate import Gate, Mode
 from proxy.listfilter import (
     DEFAULT_PAGE_SIZE,
     LIST_NAMESPACES,
@@ -32,8 +33,7 @@ from proxy.listfilter import (
 )
 from proxy.metrics import ProxyMetrics
 from proxy.model import AuthInfo, Claims, Decision, MethodInfo, Reason, Role
-from proxy.pipeline import Gate, Mode
-from proxy.protowalk import iter_fields
+from proxy.wire.walk import iter_fields
 
 R, W, A, WK = Role.READER, Role.WRITER, Role.ADMIN, Role.WORKER
 

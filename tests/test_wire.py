@@ -32,7 +32,7 @@ from temporalio.api.workflowservice.v1 import request_response_pb2 as rr
 
 from proxy.errors import MalformedRequestError
 from proxy.methods import lookup
-from proxy.wire import (
+from proxy.wire.read import (
     MAX_GROUP_DEPTH,
     MAX_GROUP_WALK_BYTES,
     _walk_exact,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from proxy.claims.dn import SubjectPattern
@@ -161,17 +161,3 @@ class CertificateClaimMapper:
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return claims
-
-
-def build_rules(
-    rules: Iterable[tuple[dict[str, str], Iterable[str]]],
-    on_error: Callable[[int, str], Exception],
-) -> list[CertificateRule]:
-    """Compile (patterns, grants) pairs; `on_error(index, message)` builds the raised error."""
-    out: list[CertificateRule] = []
-    for index, (patterns, grants) in enumerate(rules):
-        try:
-            out.append(CertificateRule.build(patterns, grants))
-        except PatternError as exc:
-            raise on_error(index, f"{exc.key}: {exc}" if exc.key else str(exc)) from exc
-    return out

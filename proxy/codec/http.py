@@ -65,7 +65,7 @@ from proxy.codec.payload import (
 )
 from proxy.config import CodecConfig, Config, CorsConfig
 from proxy.errors import ConfigError, CredentialError
-from proxy.interfaces import ClaimMapper
+from proxy.interfaces import ClaimMapper, Logger
 from proxy.metrics import CodecMetrics
 from proxy.model import AuthInfo, Reason, Role
 
@@ -81,8 +81,6 @@ NAMESPACE_HEADER = "X-Namespace"
 UNAUTHORIZED = "Request unauthorized."
 _PREFLIGHT_MAX_AGE = "600"
 _CHUNK = 64 * 1024
-
-_log = structlog.get_logger("proxy.codec")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -119,11 +117,13 @@ def codec_routes(
     limits: CodecLimits | None = None,
     metrics: CodecMetrics | None = None,
     path_prefix: str = "",
+    logger: Logger | None = None,
 ) -> list[web.RouteDef]:
     """Routes for `app.add_routes(...)`: the codec endpoints and their CORS preflights.
 
     `limits` defaults to the config's defaults; `metrics` to a private registry (tests);
-    `path_prefix` (`codec.pathPrefix`, e.g. `/codec`) serves everything under it."""
+    `path_prefix` (`codec.pathPrefix`, e.g. `/codec`) serves everything under it; `logger`
+    defaults to structlog's `proxy.codec` logger (tests; the app passes its own)."""
     if require_authorization and claim_mapper is None:
         raise ConfigError("codec.requireAuthorization", "authorization needs a claim mapper")
     server = _CodecServer(
@@ -135,6 +135,7 @@ def codec_routes(
         audience=audience,
         limits=limits or CodecLimits.from_config(CodecConfig()),
         metrics=metrics or CodecMetrics(CollectorRegistry()),
+        logger=logger if logger is not None else structlog.get_logger("proxy.codec"),
     )
     prefix = path_prefix.rstrip("/")
     routes: list[web.RouteDef] = []
@@ -167,7 +168,9 @@ class _CodecServer:
         audience: str,
         limits: CodecLimits,
         metrics: CodecMetrics,
+        logger: Logger,
     ) -> None:
+        self._log = logger
         self._codec = codec
         self._limits = limits
         self._metrics = metrics
@@ -249,7 +252,7 @@ class _CodecServer:
         body = response.body if isinstance(response, web.Response) else None
         route = request.match_info.route.resource
         # Preflights and stray paths at debug: a scanner must not fill the log at info.
-        log = _log.debug if operation in ("preflight", "unknown") else _log.info
+        log = self._log.debug if operation in ("preflight", "unknown") else self._log.info
         log(
             "codec_request",
             operation=operation,
@@ -282,7 +285,7 @@ class _CodecServer:
             return self._reject(op, 400, "codec_error", str(exc))
         except Exception:
             # A bug, not the caller's fault: the traceback goes to the log, not the answer.
-            _log.exception("codec_failed", operation=op.path)
+            self._log.error("codec_failed", operation=op.path, exc_info=True)
             return _error(500, "internal error")
         return web.Response(body=answer, content_type="application/json")
 
@@ -349,9 +352,10 @@ class _CodecServer:
             )
         return True
 
-    @staticmethod
-    def _deny(op: _Op, namespace: str, reason: Reason, detail: str, subject: str = "") -> bool:
-        _log.warning(
+    def _deny(
+        self, op: _Op, namespace: str, reason: Reason, detail: str, subject: str = ""
+    ) -> bool:
+        self._log.warning(
             "codec_denied",
             operation=op.path,
             namespace=namespace,

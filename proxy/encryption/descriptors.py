@@ -21,6 +21,7 @@ from google.protobuf.descriptor import Descriptor, MethodDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from proxy.encryption.errors import UnsupportedMethodError
+from proxy.methods import OPERATOR_SERVICE, WORKFLOW_SERVICE
 
 __all__ = [
     "SERVICES",
@@ -32,10 +33,7 @@ DATA_PACKAGE = "proxy._pb"
 SET_FILE = "temporal_api.binpb"
 VERSION_FILE = "temporal_api.json"
 # The services whose calls carry a namespace's payloads (AdminService is not in temporalio).
-SERVICES: tuple[str, ...] = (
-    "temporal.api.workflowservice.v1.WorkflowService",
-    "temporal.api.operatorservice.v1.OperatorService",
-)
+SERVICES: tuple[str, ...] = (WORKFLOW_SERVICE, OPERATOR_SERVICE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -133,7 +133,7 @@ def _merge(sets: list[KeySet]) -> KeySet:
 
 
 class JwksKeyProvider(RefreshedSource[KeySet]):
-    """KeyProvider backed by JWKS URIs, refreshed in the background (also a BackgroundTask)."""
+    """KeyProvider backed by JWKS URIs, refreshed in the background (`run`, in a TaskGroup)."""
 
     def __init__(
         self,

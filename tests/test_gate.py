@@ -1,4 +1,4 @@
-"""proxy.pipeline: the denial status bytes and the Gate, with real parts and no sockets."""
+"""proxy.gate: the denial status bytes and the Gate, with real parts and no sockets."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from proxy import methods
 from proxy.authz import DefaultAuthorizer
 from proxy.claims.jwt import DefaultJWTClaimMapper
 from proxy.dev.pki import generate_key, mint_token, private_key_pem
+from proxy.gate import Gate, Mode
 from proxy.keys.jwks import StaticKeyProvider
 from proxy.metrics import ProxyMetrics
 from proxy.model import (
@@ -32,13 +33,7 @@ from proxy.model import (
     Role,
     Scope,
 )
-from proxy.pipeline import (
-    DENIED_MESSAGE,
-    PERMISSION_DENIED_TYPE_URL,
-    Gate,
-    Mode,
-    denial_status_bytes,
-)
+from proxy.wire.write import DENIED_MESSAGE, PERMISSION_DENIED_TYPE_URL, denial_status_bytes
 
 WF = "/temporal.api.workflowservice.v1.WorkflowService/"
 OP = "/temporal.api.operatorservice.v1.OperatorService/"

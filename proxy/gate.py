@@ -1,15 +1,16 @@
 """Per call: credentials -> claims -> CallTarget -> decision. No grpc here, so it tests without
-sockets; `forward.py` turns a `Verdict` into a gRPC status."""
+sockets; `forward.py` turns a `Verdict` into a gRPC status (`proxy.wire.write` has its bytes)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any, Literal
+from typing import Literal
 
 from proxy.errors import CredentialError, MalformedRequestError
-from proxy.interfaces import AuthInfoOptional, Authorizer, ClaimMapper, ClaimsOnlyDenial
-from proxy.listfilter import LIST_NAMESPACES, can_list_some
+from proxy.interfaces import AuthInfoOptional, Authorizer, ClaimMapper, ClaimsOnlyDenial, Logger
+from proxy.listfilter import can_list_some
+from proxy.methods import LIST_NAMESPACES
 from proxy.metrics import ProxyMetrics
 from proxy.model import (
     ALLOW,
@@ -23,49 +24,9 @@ from proxy.model import (
     Reason,
     Result,
 )
-from proxy.wire import extract_namespace
-
-DENIED_MESSAGE = "Request unauthorized."
-PERMISSION_DENIED_CODE = 7
-PERMISSION_DENIED_TYPE_URL = (
-    "type.googleapis.com/temporal.api.errordetails.v1.PermissionDeniedFailure"
-)
+from proxy.wire.read import extract_namespace
 
 Mode = Literal["enforce", "shadow"]
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def encode_len_field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def denial_status_bytes(reason: str = "") -> bytes:
-    """`google.rpc.Status{code: 7, message, details: [Any(PermissionDeniedFailure{reason})]}`.
-
-    Encoded by hand: the runtime needs neither googleapis-common-protos nor temporalio, and the
-    bytes are built once at startup.
-    """
-    failure = encode_len_field(1, reason.encode()) if reason else b""
-    any_msg = encode_len_field(1, PERMISSION_DENIED_TYPE_URL.encode()) + (
-        encode_len_field(2, failure) if failure else b""
-    )
-    return (
-        _varint(1 << 3 | 0)
-        + _varint(PERMISSION_DENIED_CODE)
-        + encode_len_field(2, DENIED_MESSAGE.encode())
-        + encode_len_field(3, any_msg)
-    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,7 +63,7 @@ class Gate:
         claim_mapper: ClaimMapper,
         authorizer: Authorizer,
         metrics: ProxyMetrics,
-        logger: Any,
+        logger: Logger,
         audience: str = "",
         peer_always_verified: bool = False,
         mode: Mode = "enforce",
@@ -125,6 +86,11 @@ class Gate:
         self._early: ClaimsOnlyDenial | None = (
             authorizer if mode == "enforce" and isinstance(authorizer, ClaimsOnlyDenial) else None
         )
+
+    @property
+    def mode(self) -> Mode:
+        """The one owner of the authorization mode (forward's audit records read it here)."""
+        return self._mode
 
     def _filters_list(self, result: Result, method: MethodInfo, claims: Claims | None) -> bool:
         return (

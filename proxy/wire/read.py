@@ -1,5 +1,5 @@
-"""Reading fields from raw protobuf request bytes (the namespace, the audit's workflow id, the
-ListNamespaces filter's names) without deserializing the message.
+"""Reading fields from raw, possibly hostile protobuf request bytes (the namespace, the audit's
+workflow id, the ListNamespaces request's fields) without deserializing the message.
 
 Only the fields on the path are read; the contents of other length-delimited fields are skipped
 and unknown groups are checked for balance, as a real parser does. The rules match what
@@ -58,6 +58,8 @@ __all__ = [
     "extract_namespace",
     "peek_bytes",
     "read_string",
+    "read_top_fields",
+    "read_varint",
 ]
 
 # upb's default decode depth in Python: 100 nested unknown groups parse, 101 do not.
@@ -77,6 +79,13 @@ _TYPE_STRING = descriptor_pb2.FieldDescriptorProto.TYPE_STRING
 _TYPE_BYTES = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
 _TYPE_MESSAGE = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
 _OPTIONAL = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+# The declared type that makes upb take an occurrence of each wire type (others stay unknown).
+_TYPE_OF_WIRE = {
+    0: descriptor_pb2.FieldDescriptorProto.TYPE_UINT64,
+    1: descriptor_pb2.FieldDescriptorProto.TYPE_FIXED64,
+    2: _TYPE_BYTES,
+    5: descriptor_pb2.FieldDescriptorProto.TYPE_FIXED32,
+}
 
 # The body inside MAX_GROUP_DEPTH unknown groups (field 1): any group in it is one too deep.
 _GROUPS_OPEN = bytes([1 << 3 | 3]) * MAX_GROUP_DEPTH
@@ -251,6 +260,55 @@ def peek_bytes(data: bytes, path: tuple[int, ...]) -> bytes:
     return bytes(msg.f)  # type: ignore[attr-defined]
 
 
+@functools.lru_cache(maxsize=64)
+def _fields_probe(fields: tuple[tuple[int, int], ...]) -> type[Message]:
+    """proto2 `message P { optional <type for the wire type> f<n> = n; ... }` for each
+    (number, wire type): proto2, so an occurrence with an empty value still counts as present."""
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="temporal_auth_proxy_fields_probe.proto", package="probe", syntax="proto2"
+    )
+    msg = fdp.message_type.add(name="P")
+    for number, wire_type in fields:
+        msg.field.add(
+            name=f"f{number}", number=number, label=_OPTIONAL, type=_TYPE_OF_WIRE[wire_type]
+        )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("probe.P"))
+
+
+def read_top_fields(data: bytes, wanted: dict[int, int]) -> tuple[dict[int, int | bytes], bytes]:
+    """Top-level fields of a (caller's) message at C speed: for each field number in `wanted`
+    (number -> wire type: 0 varint, read as uint64, or 2 bytes), the last occurrence's value as
+    protobuf reads it (absent ones are left out); and every other field, verbatim and in order.
+
+    MalformedRequestError when upb refuses the structure, when a wanted field occurs with
+    another wire type, or when there is a top-level group (no Temporal request has one). No
+    UTF-8 or Go-only checks: callers pass bodies `read_string` has validated, or refuse on error.
+    """
+    data = bytes(data)
+    spec = tuple(sorted(wanted.items()))
+    msg: Any = _parse(_fields_probe(spec), data)
+    values: dict[int, int | bytes] = {}
+    for field, value in msg.ListFields():
+        values[field.number] = value
+        msg.ClearField(field.name)
+    rest: bytes = msg.SerializeToString()  # the unknown fields, in order and verbatim
+    if not rest:
+        return values, rest
+    try:
+        # Inside 100 groups: a group in `rest` (all top level) is one too deep for upb.
+        _probe((), 0).FromString(_GROUPS_OPEN + rest + _GROUPS_CLOSE)
+    except DecodeError:
+        raise MalformedRequestError("a group at the top level") from None
+    for wire_type in _TYPE_OF_WIRE:
+        # upb leaves an occurrence with the wrong wire type unknown: find one in `rest`.
+        other = tuple((number, wire_type) for number, w in spec if w != wire_type)
+        if other and _fields_probe(other).FromString(rest).ListFields():
+            raise MalformedRequestError(f"a field with wire type {wire_type} where another is due")
+    return values, rest
+
+
 def _walk_exact(data: bytes, field_number: int | None) -> str:
     """The exact field-by-field walk (Python): used only for small bodies with unknown groups."""
     n = len(data)
@@ -262,7 +320,9 @@ def _walk_exact(data: bytes, field_number: int | None) -> str:
         tag = data[pos]
         pos += 1
         if tag >= 0x80:
-            tag, pos = _read_tag(data, pos, n, tag)
+            tag, pos = read_varint(data, pos - 1, 5, "tag")
+            if tag > _MAX_TAG:
+                raise MalformedRequestError("field number out of range")
         if tag < 8:
             raise MalformedRequestError("field number 0")
         wire_type = tag & 7
@@ -272,7 +332,7 @@ def _walk_exact(data: bytes, field_number: int | None) -> str:
             size = data[pos]
             pos += 1
             if size >= 0x80:
-                size, pos = _read_size(data, pos, n, size)
+                size, pos = read_varint(data, pos - 1, 5, "length")
             end = pos + size
             if end > n:
                 raise MalformedRequestError("length past the end of the message")
@@ -288,7 +348,7 @@ def _walk_exact(data: bytes, field_number: int | None) -> str:
             if pos < n and data[pos] < 0x80:
                 pos += 1
             else:
-                pos = _skip_varint(data, pos, n)
+                pos = read_varint(data, pos)[1]
         elif wire_type == 1:
             pos += 8
             if pos > n:
@@ -314,47 +374,24 @@ def _walk_exact(data: bytes, field_number: int | None) -> str:
     return namespace
 
 
-def _read_tag(data: bytes, pos: int, n: int, first: int) -> tuple[int, int]:
-    """Decode a multi-byte tag whose first byte (continuation bit set) was already read."""
-    value = first & 0x7F
-    shift = 7
-    stop = min(pos + 4, n)  # at most 5 bytes in all
-    while pos < stop:
-        b = data[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            if value > _MAX_TAG:
-                raise MalformedRequestError("field number out of range")
-            return value, pos
-        shift += 7
-    raise MalformedRequestError("malformed tag")
+def read_varint(
+    data: bytes, pos: int, max_bytes: int = 10, what: str = "varint"
+) -> tuple[int, int]:
+    """The one varint reader of `proxy.wire`: (value, position after it).
 
-
-def _read_size(data: bytes, pos: int, n: int, first: int) -> tuple[int, int]:
-    """Decode a multi-byte length (at most 5 bytes, as upb requires)."""
-    value = first & 0x7F
-    shift = 7
-    stop = min(pos + 4, n)
-    while pos < stop:
-        b = data[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, pos
-        shift += 7
-    raise MalformedRequestError("malformed length")
-
-
-def _skip_varint(data: bytes, pos: int, n: int) -> int:
-    """Skip a varint value: at most 10 bytes, and no bits beyond 64 (Go's overflow check)."""
+    At most `max_bytes` bytes (10 for values; 5 for tags and lengths, as upb) and no bits
+    beyond 64 (Go's overflow check); MalformedRequestError (`malformed <what>`) otherwise.
+    """
+    value = shift = 0
     start = pos
-    stop = min(pos + 10, n)
+    stop = min(pos + max_bytes, len(data))
     while pos < stop:
         b = data[pos]
         pos += 1
+        value |= (b & 0x7F) << shift
         if b < 0x80:
             if pos - start == 10 and b > 1:
                 raise MalformedRequestError("varint overflows 64 bits")
-            return pos
-    raise MalformedRequestError("malformed varint")
+            return value, pos
+        shift += 7
+    raise MalformedRequestError(f"malformed {what}")
