@@ -22,6 +22,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from proxy.interfaces import Logger
+
 ReadinessCheck = Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
 
 
@@ -267,7 +269,7 @@ class GuardedSite(web.BaseSite):
         *,
         limits: AdminLimits,
         metrics: AdminMetrics,
-        logger: Any,
+        logger: Logger,
         ssl_context: ssl.SSLContext | None = None,
         reuse_port: bool = False,
         backlog: int = 1024,

@@ -18,6 +18,8 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
+from proxy.interfaces import Logger
+
 POLL_SECONDS = 0.2
 RESTART_BACKOFF_SECONDS = 1.0
 
@@ -51,7 +53,7 @@ class Supervisor:
         target: Callable[..., Any],
         args: tuple[Any, ...],
         grace_period: float,
-        logger: Any,
+        logger: Logger,
     ) -> None:
         self._ctx = multiprocessing.get_context("spawn")
         self._count = count

@@ -12,12 +12,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import structlog
 
 from proxy.config import TLSConfig
 from proxy.errors import ConfigError
+from proxy.interfaces import Logger
 from proxy.tls.expiry import ExpiryFinding, expiring_certificates, expiry_timestamps
 from proxy.tls.material import (
     ClientMaterial,
@@ -88,7 +89,7 @@ class TLSReloader:
         frontend: FrontendCredentials | None = None,
         on_reload: Callable[[bool], None] | None = None,
         on_material: Callable[[Mapping[str, float]], None] | None = None,
-        logger: Any = None,
+        logger: Logger | None = None,
         path: str = "tls",
     ) -> None:
         if (materials.frontend is None) != (frontend is None):
