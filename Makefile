@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CERTS  := certs-dev
 
-.PHONY: run test lint typecheck unit e2e protos bench clean venv certs
+.PHONY: run test lint typecheck unit e2e protos bench clean venv certs browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,15 +15,26 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The Web UI test's browser: Debian's Chromium, installed when neither build is there (root).
+# Playwright drives it as is; it never downloads a browser of its own.
+browser:
+	@command -v chromium-headless-shell >/dev/null 2>&1 || command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "Chromium is missing: apt-get install chromium-headless-shell (as root, make does it)" >&2; exit 1; \
+	  fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium-headless-shell fonts-dejavu-core; }
+
 certs: $(STAMP)
 	$(BIN)/temporal-auth-proxy certs-dev --out $(CERTS)
 
-## make run: dev PKI + JWT key, a Temporal dev server on 127.0.0.1:17233, the proxy on :7233
+## make run: dev PKI + keys, a Temporal dev server on 127.0.0.1:17233 with its Web UI on
+## http://localhost:8233 (codec: the proxy's), the proxy on :7233, one encrypted sample workflow
 run: certs
 	TAP_ROOT=$(CURDIR) ./deploy/dev/run.sh
 
 ## make test: lint, type-check, then the whole suite (end-to-end tests included)
-test: $(STAMP) lint typecheck
+test: $(STAMP) browser lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
@@ -36,7 +47,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q -m "not e2e"
 
-e2e: $(STAMP)
+e2e: $(STAMP) browser
 	$(BIN)/pytest -q -m e2e
 
 ## make protos: regenerate proxy/_pb from protos/ (a test fails when they are stale)
