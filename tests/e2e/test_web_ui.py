@@ -268,6 +268,7 @@ def browser() -> Iterator[Browser]:
 class Seen:
     """What the page's codec calls got: (status, url) answers and failed urls."""
 
+    requests: list[str] = field(default_factory=list)
     answers: list[tuple[int, str]] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     blocked_hosts: set[str] = field(default_factory=set)
@@ -284,10 +285,15 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 
 
 def open_page(
-    ctx: BrowserContext, codec_prefix: str, *, local_endpoint: str = ""
+    ctx: BrowserContext,
+    codec_prefix: str,
+    *,
+    local_endpoint: str = "",
+    pass_access_token: bool = False,
+    include_credentials: bool = False,
 ) -> tuple[Page, Seen]:
-    """A page whose requests stay on loopback; `local_endpoint` is what a user types into the
-    UI's Codec Server settings (stored in local storage, overriding the server's setting)."""
+    """A page whose requests stay on loopback. `local_endpoint` and the flags are what a user
+    sets in the UI's Codec Server settings: local storage (UI 2.54), overriding the server's."""
     seen = Seen()
 
     def loopback_only(route: Any) -> None:
@@ -300,9 +306,17 @@ def open_page(
 
     ctx.route("**/*", loopback_only)
     if local_endpoint:
+        settings = {
+            "endpoint": local_endpoint,
+            "passAccessToken": pass_access_token,
+            "includeCredentials": include_credentials,
+            "overrideRemoteCodecConfiguration": True,
+        }
         ctx.add_init_script(
-            f"localStorage.setItem('endpoint', {json.dumps(json.dumps(local_endpoint))});"
-            "localStorage.setItem('overrideRemoteCodecConfiguration', 'true');"
+            "".join(
+                f"localStorage.setItem({json.dumps(k)}, {json.dumps(json.dumps(v))});"
+                for k, v in settings.items()
+            )
         )
     page = ctx.new_page()
 
@@ -311,6 +325,10 @@ def open_page(
             seen.answers.append((response.status, response.url))
 
     page.on("response", on_response)
+    page.on(
+        "request",
+        lambda r: seen.requests.append(r.url) if r.url.startswith(codec_prefix) else None,
+    )
     page.on(
         "requestfailed",
         lambda r: seen.failed.append(r.url) if r.url.startswith(codec_prefix) else None,
@@ -331,11 +349,13 @@ def expect_decrypted(page: Page, stack: Stack) -> None:
     expect(page.get_by_text(stack.ciphertext[:32])).to_have_count(0)
 
 
-def expect_ciphertext(page: Page, stack: Stack) -> None:
-    expect(
-        page.get_by_text("Codec Server could not connect").filter(visible=True).first
-    ).to_be_visible(timeout=UI_TIMEOUT_MS)
+def expect_ciphertext(page: Page, stack: Stack, *, banner: bool = True) -> None:
     expect(page.get_by_text(stack.ciphertext[:32]).first).to_be_visible(timeout=UI_TIMEOUT_MS)
+    failed = page.get_by_text("Codec Server could not connect").filter(visible=True)
+    if banner:
+        expect(failed.first).to_be_visible(timeout=UI_TIMEOUT_MS)
+    else:
+        expect(failed).to_have_count(0)
     expect(page.get_by_text(PLAINTEXT)).to_have_count(0)
 
 
@@ -451,3 +471,34 @@ def test_a_403_reaches_the_browser_as_a_403(stack: Stack, context: BrowserContex
         assert answer == {"status": 403, "body": {"error": "Request unauthorized."}}
         denied = [e for e in proxy.events() if e.get("event") == "codec_denied"]
         assert denied and {e["reason"] for e in denied} == {"token_required"}, denied
+
+
+def test_pass_access_token_over_plain_http_sends_nothing(
+    stack: Stack, context: BrowserContext
+) -> None:
+    """The UI hands tokens only to an https endpoint: over http it does not call at all, and
+    shows the raw payload (metadata and data in base64) without any error banner."""
+    base = stack.codec_base()
+    page, seen = open_page(context, base, local_endpoint=base, pass_access_token=True)
+    page.goto(stack.history_url())
+    expect_ciphertext(page, stack, banner=False)
+    encrypted = base64.b64encode(b"binary/encrypted").decode()
+    expect(page.get_by_text(encrypted).first).to_be_visible(timeout=UI_TIMEOUT_MS)
+    screenshot(page, stack, "pass-token-over-http")
+    assert not seen.requests, seen
+
+
+def test_include_credentials_needs_allow_credentials(stack: Stack, context: BrowserContext) -> None:
+    """`includeCredentials` makes the browser demand Access-Control-Allow-Credentials: true;
+    the dev config does not send it, `codec.cors.allowCredentials: true` does."""
+    base = stack.codec_base()
+    page, seen = open_page(context, base, local_endpoint=base, include_credentials=True)
+    page.goto(stack.history_url())
+    expect_ciphertext(page, stack)
+    assert seen.failed and not seen.answers, seen
+    with running(stack.another_proxy("credentials", {"cors": {"allowCredentials": True}})) as ok:
+        base = stack.codec_base(ok)
+        page, seen = open_page(context, base, local_endpoint=base, include_credentials=True)
+        page.goto(stack.history_url())
+        expect_decrypted(page, stack)
+    assert {status for status, _ in seen.answers} == {200}
