@@ -202,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.set_defaults(func=cmd_check_config)
 
-    p = sub.add_parser("certs-dev", help="write a dev CA, certificates and a JWT signing key")
+    p = sub.add_parser(
+        "certs-dev", help="write a dev CA, certificates, a JWT signing key and a codec key"
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true", help="regenerate even if files exist")
     p.set_defaults(func=cmd_certs_dev)
