@@ -65,9 +65,13 @@ EXPORTED_METRICS: dict[str, tuple[str, frozenset[str]]] = {
         "counter",
         frozenset({"operation", "reason"}),
     ),
-    # gRPC call cap (branch h1-grpc-limits, not merged yet): add
+    # TODO(merge h1-grpc-limits): the gRPC call cap's metrics go here when that branch lands
+    # (test_exported_metric_table_matches_the_code fails until they do):
     # "temporal_auth_proxy_calls_rejected_total": ("counter", frozenset({"reason"})) with
-    # reason {"max_concurrent_calls"} below, and its panel/alert, when it lands.
+    # reason {"max_concurrent_calls"} in CLOSED_LABEL_VALUES_BY_METRIC, and
+    # "temporal_auth_proxy_calls_abandoned_total": ("counter", frozenset()); then a dashboard
+    # panel `sum by (reason) (rate(..._calls_rejected_total...))` in the "Rate limiting" row
+    # and an alert on it beside TemporalAuthProxyRateLimitedSpike.
 }
 # Label values from closed sets (DESIGN.md); an equality matcher on these must use one.
 CLOSED_LABEL_VALUES: dict[str, frozenset[str]] = {
