@@ -15,6 +15,7 @@ import grpc.aio
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from proxy import log as logmod
 from proxy import methods
 from proxy.admin import (
     AdminLimits,
@@ -29,9 +30,15 @@ from proxy.authz import DefaultAuthorizer, NoopAuthorizer
 from proxy.claims import DefaultJWTClaimMapper, NoopClaimMapper
 from proxy.claims.identity import build_identity_mapper
 from proxy.codec.body import CodecLimits
-from proxy.codec.http import codec_requires_authorization, codec_routes
+from proxy.codec.http import codec_routes
 from proxy.codec.payload import PayloadCodec
-from proxy.config import IDENTITY_MAPPERS, Config
+from proxy.config import (
+    IDENTITY_MAPPERS,
+    Config,
+    codec_requires_authorization,
+    is_loopback_address,
+    validate_codec_exposure,
+)
 from proxy.errors import ConfigError
 from proxy.forward import ForwardingHandler, UpstreamPool, channel_options, close_channels
 from proxy.interfaces import Authorizer, ClaimMapper
@@ -412,7 +419,15 @@ def build_codec_routes(
 ) -> list[web.RouteDef]:
     if not cfg.codec.enabled:
         return []
+    # Again here: a Config built in code skips parse_config's validation.
+    validate_codec_exposure(cfg)
     codec = PayloadCodec.from_config(cfg.codec)
+    if not codec_requires_authorization(cfg):
+        logmod.get_logger().warning(
+            "codec_unauthenticated",
+            address=cfg.admin.address,
+            loopback=is_loopback_address(cfg.admin.address),
+        )
     return codec_routes(
         codec,
         claim_mapper=mapper,

@@ -15,6 +15,7 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import ipaddress
 import os
 import re
 import types
@@ -326,6 +327,9 @@ class CodecConfig:
     cors: CorsConfig = field(default_factory=CorsConfig)
     # None: required exactly when JWT is configured.
     require_authorization: bool | None = None
+    # Without authorization the codec decrypts and encrypts for anyone who reaches the admin
+    # port; on an address that is not loopback that must be said here (startup refuses else).
+    allow_unauthenticated: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -700,6 +704,7 @@ def _validate(cfg: Config) -> None:
         ):
             if bound < low:
                 raise ConfigError(f"codec.{name}", f"must be at least {low}")
+        validate_codec_exposure(cfg)
         prefix = codec.path_prefix
         if prefix and (
             not prefix.startswith("/")
@@ -712,6 +717,55 @@ def _validate(cfg: Config) -> None:
                 "must be empty or a path such as /codec (leading /, no trailing /, "
                 "no braces, ?, #, % or spaces)",
             )
+
+
+def codec_requires_authorization(cfg: Config) -> bool:
+    """`codec.requireAuthorization`, defaulting to "yes when JWT (or any claim mapper) is on"."""
+    if cfg.codec.require_authorization is not None:
+        return cfg.codec.require_authorization
+    az = cfg.authorization
+    has_jwt_keys = any(uri.strip() for uri in az.jwt_key_provider.key_source_uris)
+    # A plugin claim mapper is fail-closed too: it exists to check credentials.
+    return has_jwt_keys or az.claim_mapper.strip().lower() not in ("", "noop")
+
+
+def is_loopback_address(address: str) -> bool:
+    """`host:port` binds loopback only: 127.0.0.0/8, ::1 or the name `localhost`.
+
+    Any other name counts as exposed: it may resolve to anything."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def validate_codec_exposure(cfg: Config) -> None:
+    """An unauthenticated codec off loopback is an open decrypt/encrypt oracle: opt in by name."""
+    if (
+        not cfg.codec.enabled
+        or cfg.codec.allow_unauthenticated
+        or codec_requires_authorization(cfg)
+        or is_loopback_address(cfg.admin.address)
+    ):
+        return
+    why = (
+        "is false"
+        if cfg.codec.require_authorization is False
+        else "is not set and no JWT keys or claim mapper are configured"
+    )
+    raise ConfigError(
+        "codec.allowUnauthenticated",
+        f"codec.requireAuthorization {why}, so anyone who reaches admin.address "
+        f"{cfg.admin.address} (not loopback) could decrypt and encrypt payloads; "
+        "set codec.requireAuthorization: true with a claim mapper, bind admin.address to "
+        "127.0.0.1, or set codec.allowUnauthenticated: true to serve it unauthenticated "
+        "on purpose",
+    )
 
 
 IDENTITY_MAPPERS = ("cert", "chain", "idp")
@@ -898,8 +952,25 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
 
 
 def effective_config(cfg: Config) -> dict[str, Any]:
-    """The config as YAML-shaped data with defaults filled in and secrets redacted."""
-    return typing.cast(dict[str, Any], _dump(cfg))
+    """The config as YAML-shaped data with defaults filled in and secrets redacted.
+
+    Values derived from other keys are shown as the proxy applies them (see `derived_values`
+    for which ones the file did not set), so the output also loads back unchanged in effect."""
+    out = typing.cast(dict[str, Any], _dump(cfg))
+    out["codec"]["requireAuthorization"] = codec_requires_authorization(cfg)
+    return out
+
+
+def derived_values(cfg: Config) -> dict[str, str]:
+    """Key path -> why, for each value `effective_config` shows that the file left unset."""
+    out: dict[str, str] = {}
+    if cfg.codec.require_authorization is None:
+        out["codec.requireAuthorization"] = (
+            "not set: true because JWT keys or a claim mapper are configured"
+            if codec_requires_authorization(cfg)
+            else "not set: false because no JWT keys or claim mapper are configured"
+        )
+    return out
 
 
 def _dump(obj: Any, kind: str = "") -> Any:

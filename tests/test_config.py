@@ -9,8 +9,11 @@ import pytest
 
 from proxy.config import (
     REDACTED,
+    codec_requires_authorization,
+    derived_values,
     effective_config,
     format_duration,
+    is_loopback_address,
     load_config,
     parse_config,
     parse_duration,
@@ -209,6 +212,7 @@ def test_effective_config_redacts_secrets_and_shows_defaults() -> None:
     raw = minimal(
         tls={"frontend": {"server": {"certData": b64(PEM), "keyData": b64(KEY)}}},
         codec={"enabled": True, "keys": {"k1": b64("x" * 32)}, "encryptKeyId": "k1"},
+        admin={"address": "127.0.0.1:9090"},
     )
     shown = effective_config(parse_config(raw, {}))
     assert shown["tls"]["frontend"]["server"]["keyData"] == REDACTED
@@ -295,3 +299,104 @@ def test_unbounded_admin_and_log_limits_are_refused(
         parse_config(minimal(**{section: raw}))
     assert err.value.path == path
     assert "unknown key" not in str(err.value)
+
+
+# ------------------------------------------- unauthenticated codec off loopback (issue 16 #4)
+
+
+def _codec(admin: str, **codec: Any) -> dict[str, Any]:
+    return minimal(
+        admin={"address": admin},
+        codec={"enabled": True, "keys": {"k1": b64("x" * 32)}, "encryptKeyId": "k1", **codec},
+    )
+
+
+@pytest.mark.parametrize(
+    ("admin", "codec"),
+    [
+        ("0.0.0.0:9090", {}),  # the README's sample address, requireAuthorization unset
+        ("0.0.0.0:9090", {"requireAuthorization": False}),
+        ("[::]:9090", {}),
+        ("10.1.2.3:9090", {}),
+        ("proxy.internal:9090", {}),  # a name may resolve to anything
+        ("[::ffff:10.0.0.1]:9090", {}),
+        ("0.0.0.0:9090", {"allowUnauthenticated": False}),
+    ],
+)
+def test_unauthenticated_codec_off_loopback_refuses_to_start(
+    admin: str, codec: dict[str, Any]
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_codec(admin, **codec), {})
+    assert info.value.path == "codec.allowUnauthenticated"
+    # The message says what to set, and where the exposure is.
+    assert "codec.allowUnauthenticated: true" in info.value.message
+    assert "codec.requireAuthorization: true" in info.value.message
+    assert admin in info.value.message
+
+
+@pytest.mark.parametrize(
+    "admin",
+    [
+        "127.0.0.1:9090",
+        "127.8.9.10:9090",  # all of 127.0.0.0/8
+        "[::1]:9090",
+        "localhost:9090",
+        "LocalHost.:9090",
+        "[::ffff:127.0.0.1]:9090",
+    ],
+)
+def test_unauthenticated_codec_on_loopback_is_allowed(admin: str) -> None:
+    cfg = parse_config(_codec(admin), {})
+    assert cfg.codec.allow_unauthenticated is False
+    assert is_loopback_address(admin)
+
+
+def test_unauthenticated_codec_off_loopback_with_explicit_opt_in() -> None:
+    cfg = parse_config(_codec("0.0.0.0:9090", allowUnauthenticated=True), {})
+    assert cfg.codec.allow_unauthenticated is True
+    assert codec_requires_authorization(cfg) is False
+
+
+def test_authenticated_codec_off_loopback_needs_no_opt_in() -> None:
+    raw = _codec("0.0.0.0:9090", requireAuthorization=True)
+    raw["authorization"] = {"claimMapper": "default", "authorizer": "default"}
+    raw["authorization"]["jwtKeyProvider"] = {"keySourceURIs": ["file:///nonexistent/jwks.json"]}
+    cfg = parse_config(raw, {})
+    assert codec_requires_authorization(cfg) is True
+    # Default (unset) with JWT keys configured means required, so no opt-in either.
+    del raw["codec"]["requireAuthorization"]
+    assert codec_requires_authorization(parse_config(raw, {})) is True
+
+
+def test_a_disabled_codec_needs_no_opt_in() -> None:
+    raw = _codec("0.0.0.0:9090")
+    raw["codec"]["enabled"] = False
+    assert parse_config(raw, {}).codec.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("authorization", "codec", "shown", "derived"),
+    [
+        ({}, {}, False, "false because"),
+        ({}, {"requireAuthorization": False}, False, None),
+        ({}, {"requireAuthorization": True}, True, None),
+        (
+            {"claimMapper": "default", "jwtKeyProvider": {"keySourceURIs": ["file:///x.json"]}},
+            {},
+            True,
+            "true because",
+        ),
+    ],
+)
+def test_effective_config_shows_the_effective_require_authorization(
+    authorization: dict[str, Any], codec: dict[str, Any], shown: bool, derived: str | None
+) -> None:
+    raw = _codec("127.0.0.1:9090", **codec)
+    raw["authorization"].update(authorization)
+    cfg = parse_config(raw, {})
+    out = effective_config(cfg)
+    assert out["codec"]["requireAuthorization"] is shown
+    assert out["codec"]["allowUnauthenticated"] is False
+    why = derived_values(cfg).get("codec.requireAuthorization")
+    assert (why is None) if derived is None else (why is not None and derived in why)
