@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from proxy.codec import KeyRing
+from proxy.codec.payload import KeyRing
 from proxy.dev.pki import (
     DEV_CODEC_KEY_ID,
     SPIFFE_DEV_CLIENT,
