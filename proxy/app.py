@@ -15,7 +15,6 @@ import grpc.aio
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy import log as logmod
 from proxy import methods
 from proxy.admin import (
     AdminLimits,
@@ -25,30 +24,19 @@ from proxy.admin import (
     metrics_registry,
     raise_file_limit,
 )
-from proxy.audit import AuditLog
-from proxy.authz import DefaultAuthorizer, NoopAuthorizer
-from proxy.claims import DefaultJWTClaimMapper, NoopClaimMapper
-from proxy.claims.identity import build_identity_mapper
-from proxy.codec.body import CodecLimits
-from proxy.codec.http import codec_routes
-from proxy.codec.payload import PayloadCodec
-from proxy.config import (
-    IDENTITY_MAPPERS,
-    Config,
-    codec_requires_authorization,
-    is_loopback_address,
-    validate_codec_exposure,
-)
+from proxy.audit import build_audit_log
+from proxy.authz.build import build_authorizer
+from proxy.claims.build import build_claim_mapper
+from proxy.codec.build import build_codec_routes
+from proxy.config import Config
 from proxy.errors import ConfigError
 from proxy.forward import ForwardingHandler, UpstreamPool, channel_options, close_channels
-from proxy.interfaces import Authorizer, ClaimMapper
 from proxy.keys.build import build_key_provider
 from proxy.keys.idp import IdpKeys
 from proxy.keys.jwks import JwksKeyProvider
-from proxy.metrics import CodecMetrics, ProxyMetrics, multiprocess_dir
-from proxy.pipeline import Gate
-from proxy.plugins import load_plugin
-from proxy.ratelimit import RateLimiter
+from proxy.metrics import ProxyMetrics, build_proxy_metrics, multiprocess_dir
+from proxy.pipeline import Gate, build_gate
+from proxy.ratelimit import build_rate_limiter
 from proxy.tls.credentials import FrontendCredentials, channel_credentials
 from proxy.tls.material import ClientMaterial, load_tls_materials
 from proxy.tls.peer import peer_identity
@@ -64,46 +52,6 @@ KEY_RETRY_SECONDS = 5.0
 def _split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def build_claim_mapper(
-    cfg: Config, keys: JwksKeyProvider | IdpKeys | None, logger: Any
-) -> ClaimMapper:
-    a = cfg.authorization
-    name = a.claim_mapper.lower()
-
-    def default_mapper() -> DefaultJWTClaimMapper:
-        assert isinstance(keys, JwksKeyProvider)
-        try:
-            return DefaultJWTClaimMapper(
-                keys,
-                permissions_claim_name=a.permissions_claim_name,
-                permissions_regex=a.permissions_regex,
-                cache_size=a.token_cache_size,
-                logger=logger,
-            )
-        except ValueError as exc:
-            raise ConfigError("authorization.permissionsRegex", str(exc)) from exc
-
-    if name == "default":
-        return default_mapper()
-    if name in ("", "noop"):
-        return NoopClaimMapper()
-    if name in IDENTITY_MAPPERS:
-        idp_keys = keys if isinstance(keys, IdpKeys) else None
-        return build_identity_mapper(cfg, jwt=default_mapper, idp_keys=idp_keys, logger=logger)
-    mapper = load_plugin(a.claim_mapper, ClaimMapper, "authorization.claimMapper")
-    return mapper  # type: ignore[return-value]  # load_plugin checked the protocol
-
-
-def build_authorizer(cfg: Config) -> Authorizer:
-    name = cfg.authorization.authorizer.lower()
-    if name == "default":
-        return DefaultAuthorizer(methods.lookup, methods.HEALTH_CHECK_APIS)
-    if name in ("", "noop"):
-        return NoopAuthorizer()
-    authorizer = load_plugin(cfg.authorization.authorizer, Authorizer, "authorization.authorizer")
-    return authorizer  # type: ignore[return-value]  # load_plugin checked the protocol
 
 
 @dataclass
@@ -335,13 +283,7 @@ def build_server(
 def build(cfg: Config, *, logger: Any, registry: CollectorRegistry | None = None) -> App:
     """Build and validate everything `serve` needs. Raises ConfigError; binds nothing."""
     registry = registry if registry is not None else CollectorRegistry()
-    metrics = ProxyMetrics(
-        registry,
-        method_names=sorted(
-            {m.short_name for m in methods.all_methods()} | {methods.UNKNOWN_LABEL}
-        ),
-        namespace_labels=cfg.metrics.namespace_labels,
-    )
+    metrics = build_proxy_metrics(cfg, registry)
     materials = load_tls_materials(cfg.tls)
     frontend = FrontendCredentials(materials.frontend) if materials.frontend is not None else None
 
@@ -359,19 +301,16 @@ def build(cfg: Config, *, logger: Any, registry: CollectorRegistry | None = None
     )
     keys = build_key_provider(cfg, metrics, logger)
     mapper = build_claim_mapper(cfg, keys, logger)
-    authorizer = build_authorizer(cfg)
     require_client_auth = frontend is not None and frontend.require_client_auth
-    gate = Gate(
+    gate = build_gate(
+        cfg,
         claim_mapper=mapper,
-        authorizer=authorizer,
+        authorizer=build_authorizer(cfg),
         metrics=metrics,
         logger=logger,
-        audience=cfg.authorization.audience,
         peer_always_verified=require_client_auth,
-        mode=cfg.authorization.mode,
-        filter_list_namespaces=cfg.authorization.filter_list_namespaces,
     )
-    audit = AuditLog(cfg.audit) if cfg.audit.enabled else None
+    audit = build_audit_log(cfg)
     pool = UpstreamPool(make_channel_factory(cfg, materials.internode), cfg.upstream.channels)
     handler = ForwardingHandler(
         gate=gate,
@@ -390,7 +329,7 @@ def build(cfg: Config, *, logger: Any, registry: CollectorRegistry | None = None
             if require_client_auth
             else None
         ),
-        limiter=RateLimiter(cfg.rate_limits) if cfg.rate_limits.enabled else None,
+        limiter=build_rate_limiter(cfg),
         audit=audit,
         mode=cfg.authorization.mode,
     )
@@ -412,31 +351,3 @@ def build(cfg: Config, *, logger: Any, registry: CollectorRegistry | None = None
         extra_routes=build_codec_routes(cfg, mapper, registry),
     )
     return app
-
-
-def build_codec_routes(
-    cfg: Config, mapper: ClaimMapper, registry: CollectorRegistry
-) -> list[web.RouteDef]:
-    if not cfg.codec.enabled:
-        return []
-    # Again here: a Config built in code skips parse_config's validation.
-    validate_codec_exposure(cfg)
-    codec = PayloadCodec.from_config(cfg.codec)
-    if not codec_requires_authorization(cfg):
-        logmod.get_logger().warning(
-            "codec_unauthenticated",
-            address=cfg.admin.address,
-            loopback=is_loopback_address(cfg.admin.address),
-        )
-    return codec_routes(
-        codec,
-        claim_mapper=mapper,
-        require_authorization=codec_requires_authorization(cfg),
-        cors=cfg.codec.cors,
-        auth_header_name=cfg.authorization.auth_header_name,
-        extra_header_name=cfg.authorization.auth_extra_header_name,
-        audience=cfg.authorization.audience,
-        limits=CodecLimits.from_config(cfg.codec),
-        metrics=CodecMetrics(registry),
-        path_prefix=cfg.codec.path_prefix,
-    )

@@ -174,6 +174,21 @@ class IdpConfig:
     issuers: tuple[IssuerConfig, ...] = ()
 
 
+# The built-in names (`module.path:Factory` names a plugin). A new built-in claim mapper starts
+# here: its name, its section below, its checks in `_validate_identity`; then claims/build.py.
+CLAIM_MAPPERS = ("default", "noop", "cert", "chain", "idp")
+AUTHORIZERS = ("default", "noop")
+
+
+def builtin_name(value: str, names: tuple[str, ...]) -> str:
+    """A built-in name as the builders compare it: matched case-insensitively as Temporal does,
+    "" meaning noop; anything else (a plugin spec, or a typo validation reports) as written."""
+    lowered = value.lower()
+    if lowered == "":
+        return "noop"
+    return lowered if lowered in names else value
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuthorizationConfig:
     jwt_key_provider: JWTKeyProviderConfig = field(default_factory=JWTKeyProviderConfig)
@@ -193,6 +208,11 @@ class AuthorizationConfig:
     certificate_rules: tuple[CertificateRuleConfig, ...] = ()
     chain: ChainConfig = field(default_factory=ChainConfig)
     idp: IdpConfig = field(default_factory=IdpConfig)
+
+    def __post_init__(self) -> None:
+        # Normalized once, here, however the config was made: every dispatch compares exactly.
+        object.__setattr__(self, "claim_mapper", builtin_name(self.claim_mapper, CLAIM_MAPPERS))
+        object.__setattr__(self, "authorizer", builtin_name(self.authorizer, AUTHORIZERS))
 
 
 # ------------------------------------------------------------------------- the proxy's own
@@ -625,14 +645,15 @@ def _validate(cfg: Config) -> None:
         if size > _GRPC_MAX_SIZE:
             raise ConfigError(key, f"must be at most {_GRPC_MAX_SIZE} (grpc's limit)")
     az = cfg.authorization
-    for key, value, ours in (
-        ("authorization.authorizer", az.authorizer, ()),
-        ("authorization.claimMapper", az.claim_mapper, IDENTITY_MAPPERS),
+    for key, value, names in (
+        ("authorization.authorizer", az.authorizer, AUTHORIZERS),
+        ("authorization.claimMapper", az.claim_mapper, CLAIM_MAPPERS),
     ):
-        if value.lower() not in ("", "default", "noop", *ours) and ":" not in value:
-            names = ", ".join(("default", "noop", *ours))
-            raise ConfigError(key, f"unknown value {value!r} ({names} or module.path:Factory)")
-    if az.claim_mapper.lower() == "default" and not [
+        if value not in names and ":" not in value:
+            raise ConfigError(
+                key, f"unknown value {value!r} ({', '.join(names)} or module.path:Factory)"
+            )
+    if az.claim_mapper == "default" and not [
         u for u in az.jwt_key_provider.key_source_uris if u.strip()
     ]:
         raise ConfigError(
@@ -726,7 +747,7 @@ def codec_requires_authorization(cfg: Config) -> bool:
     az = cfg.authorization
     has_jwt_keys = any(uri.strip() for uri in az.jwt_key_provider.key_source_uris)
     # A plugin claim mapper is fail-closed too: it exists to check credentials.
-    return has_jwt_keys or az.claim_mapper.strip().lower() not in ("", "noop")
+    return has_jwt_keys or az.claim_mapper != "noop"
 
 
 def is_loopback_address(address: str) -> bool:
@@ -768,13 +789,12 @@ def validate_codec_exposure(cfg: Config) -> None:
     )
 
 
-IDENTITY_MAPPERS = ("cert", "chain", "idp")
 _CHAIN_MEMBERS = ("cert", "jwt", "idp")
 
 
 def identity_members(az: AuthorizationConfig) -> frozenset[str]:
     """The mappers `claimMapper` puts to use: cert, jwt (Temporal's default) and/or idp."""
-    name = az.claim_mapper.lower()
+    name = az.claim_mapper
     if name == "default":
         return frozenset({"jwt"})
     if name in ("cert", "idp"):
@@ -794,7 +814,7 @@ def _validate_identity(cfg: Config) -> None:
 
     Patterns, grants and key files are checked when the mappers are built (also at startup)."""
     az = cfg.authorization
-    name = az.claim_mapper.lower()
+    name = az.claim_mapper
     if name == "chain":
         members = az.chain.members
         for i, member in enumerate(members):

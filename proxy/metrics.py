@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
+from proxy import methods
+from proxy.config import Config
 from proxy.model import Decision, Reason
 
 PREFIX = "temporal_auth_proxy_"
@@ -242,3 +244,14 @@ class CodecMetrics:
             child = self.requests_total.labels(operation=operation, code=str(status))
             self._requests[(operation, status)] = child
         child.inc()
+
+
+def build_proxy_metrics(cfg: Config, registry: CollectorRegistry) -> ProxyMetrics:
+    """The proxy's metrics in `registry`, a child per method of Temporal's table."""
+    return ProxyMetrics(
+        registry,
+        method_names=sorted(
+            {m.short_name for m in methods.all_methods()} | {methods.UNKNOWN_LABEL}
+        ),
+        namespace_labels=cfg.metrics.namespace_labels,
+    )

@@ -198,9 +198,10 @@ def test_proxy_rules(section: dict[str, Any], path: str) -> None:
 
 
 def test_names_are_case_insensitive_like_temporal() -> None:
-    from proxy.app import build_authorizer, build_claim_mapper
     from proxy.authz import DefaultAuthorizer
+    from proxy.authz.build import build_authorizer
     from proxy.claims import NoopClaimMapper
+    from proxy.claims.build import build_claim_mapper
 
     raw = minimal(authorization={"authorizer": "Default", "claimMapper": "NOOP"})
     cfg = parse_config(raw, {})
