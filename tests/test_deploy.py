@@ -92,7 +92,7 @@ CLOSED_LABEL_VALUES_BY_METRIC: dict[str, dict[str, frozenset[str]]] = {
             | {"unsupported_algorithm", "unknown_key", "bad_signature", "token_expired"}
             | {"token_not_yet_valid", "audience_mismatch", "issuer_mismatch", "bad_subject"}
             | {"no_keys", "certificate_required", "bad_certificate", "token_required"}
-            | {"authorizer_error", "claim_mapper_error"}
+            | {"authorizer_error", "claim_mapper_error", "policy_denied"}
         ),
     },
     "temporal_auth_proxy_admin_connections_closed_total": {
