@@ -329,7 +329,15 @@ def make_channel_factory(
 def build_server(
     cfg: Config, handler: ForwardingHandler, frontend: FrontendCredentials | None
 ) -> grpc.aio.Server:
-    options: list[tuple[str, Any]] = [
+    server = grpc.aio.server(options=server_options(cfg))
+    server.add_generic_rpc_handlers((handler,))
+    return server
+
+
+def server_options(cfg: Config) -> list[tuple[str, Any]]:
+    """grpc-core's arguments for the listener. grpc ignores a name it does not know, silently:
+    tests/test_app.py checks each against the grpc library."""
+    return [
         ("grpc.max_send_message_length", cfg.listen.max_message_size),
         ("grpc.max_receive_message_length", cfg.listen.max_message_size),
         ("grpc.max_metadata_size", cfg.listen.max_header_list_size),
@@ -346,7 +354,7 @@ def build_server(
         # "too_many_pings" on the third early ping with no data sent back in between.
         # SDK core and the Go SDK/CLI ping every 30 s.
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_ping_strikes", 2),
         # grpc-core queues calls that arrive faster than the event loop takes them (a burst
         # of long polls from workers reconnecting). Past listen.maxConcurrentCalls nothing
@@ -355,9 +363,6 @@ def build_server(
         ("grpc.server.max_pending_requests", cfg.listen.max_concurrent_calls),
         ("grpc.server.max_pending_requests_hard_limit", cfg.listen.max_concurrent_calls),
     ]
-    server = grpc.aio.server(options=options)
-    server.add_generic_rpc_handlers((handler,))
-    return server
 
 
 def build(cfg: Config, *, logger: Any, registry: CollectorRegistry | None = None) -> App:

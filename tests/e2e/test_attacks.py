@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 import struct
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 import grpc
 import hpack
 import pytest
-from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, GetSystemInfoRequest
 
 from tests.e2e.conftest import ProxyFactory
 from tests.e2e.rig import (
@@ -368,12 +370,16 @@ def test_held_streams_are_bounded_per_connection(proxy: ProxyProcess, pki: Pki, 
     with GoodClient(pki, proxy, token) as good:
         seen = asyncio.run(asyncio.wait_for(attack(), 45))
     good.check()
-    print(f"held streams: idle {idle:.0f} MiB, peak {peak:.0f} MiB, resets {dict(seen.resets)}")
+    print(
+        f"held streams: idle {idle:.0f} MiB, peak {peak:.0f} MiB, resets {dict(seen.resets)}, "
+        f"good calls {len(good.latencies)}, slowest {max(good.latencies) * 1000:.0f} ms"
+    )
     assert peak < 300, peak
     # Everything past the announced limit was refused by the transport, never held.
     assert seen.resets[REFUSED_STREAM] >= streams - 1000, seen.resets
+    left = time.monotonic()
     after = assert_memory_returns(proxy, idle)
-    print(f"held streams: after {after:.0f} MiB")
+    print(f"held streams: {after:.0f} MiB {time.monotonic() - left:.1f} s after leaving")
     # The held streams that reached the proxy ended without a request: counted.
     wait_until(
         lambda: metric(proxy, "temporal_auth_proxy_calls_abandoned_total") >= 500,
@@ -418,7 +424,9 @@ def test_rapid_reset_is_bounded_at_the_connection(
     good.check()
     print(
         f"rapid reset: {pairs} pairs in {took:.1f} s; idle {idle:.0f} MiB, peak {peak:.0f} MiB; "
-        f"resets {dict(seen.resets)} goaway {seen.goaway}"
+        f"resets {dict(seen.resets)} goaway {seen.goaway}; good calls {len(good.latencies)}, "
+        f"slowest {max(good.latencies) * 1000:.0f} ms; "
+        f"abandoned {metric(proxy, 'temporal_auth_proxy_calls_abandoned_total'):.0f}"
     )
     assert peak < 300, peak
     # Right after the attacker left, a fresh caller is served at once (no lock-out).
@@ -460,10 +468,132 @@ def test_ping_flood_is_cut_off(proxy: ProxyProcess, pki: Pki, token: str) -> Non
     good.check()
     print(
         f"ping flood: {sent} sent in {elapsed:.1f} s, acks {seen.frames[PING]}, "
-        f"goaway {seen.goaway}, cpu {cpu:.2f} s"
+        f"goaway {seen.goaway}, cpu {cpu:.2f} s; good calls {len(good.latencies)}, "
+        f"slowest {max(good.latencies) * 1000:.0f} ms"
     )
     assert seen.goaway is not None and seen.goaway[0] == ENHANCE_YOUR_CALM, seen.goaway
     assert seen.goaway[1] == b"too_many_pings"
     assert seen.closed
     assert rss_mib(proxy) < 300
     assert_memory_returns(proxy, idle)
+
+
+# ------------------------------------------------------- keepalives still welcome (item 10)
+
+
+def proxy_connections(port: int) -> frozenset[int]:
+    """Client-side ports of the established TCP connections to `port` on this host."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in list(f)[1:]:
+                local, remote, state = line.split()[1:4]
+                if state == "01" and int(remote.rpartition(":")[2], 16) == port:
+                    ports.add(int(local.rpartition(":")[2], 16))
+    return frozenset(ports)
+
+
+IDLE_SECONDS = 170
+# grpc-core's http_keepalive trace: `I1130 10:31:44.611234 24555 frame_ping.cc:106]
+# SERVER[0x7f63...]: received ping 1452...: now=... ping_strikes=0`
+PING_TRACE = re.compile(
+    r"^I(\d{4}) (\d\d:\d\d:\d\d\.\d+) .*SERVER\[(\w+)\]: received ping .*ping_strikes=(\d+)",
+    re.MULTILINE,
+)
+
+
+def keepalive_pings(log: str) -> list[tuple[float, str, int]]:
+    """(unix time, transport, strikes so far) of every PING the proxy received."""
+    year = time.gmtime().tm_year
+    out = []
+    for day, clock, transport, strikes in PING_TRACE.findall(log):
+        when = time.mktime(time.strptime(f"{year}{day} {clock[:8]}", "%Y%m%d %H:%M:%S"))  # local
+        out.append((when + float("0" + clock[8:]), transport, int(strikes)))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sdk_and_cli_keepalives_survive_three_idle_minutes(
+    start_proxy: ProxyFactory, pki: Pki
+) -> None:
+    """The ping policy still welcomes Temporal's clients: a Python SDK worker (SDK core pings
+    every 30 s), an SDK client making no call, and a CLI long poll (Go, every 30 s) sit idle
+    through the proxy for ~3 minutes on their first connections (none dropped, none GOAWAY'd),
+    then work completes."""
+    from temporalio.worker import Worker
+
+    from tests.e2e.rig import cli
+    from tests.e2e.sdk import connect
+    from tests.e2e.workflows import GreetingWorkflow, greet
+
+    # grpc-core's keepalive trace shows each PING the proxy receives, so the test knows the
+    # clients really pinged through the idle minutes.
+    proxy = start_proxy(
+        {"authorization": jwt_authorization(pki)},
+        env={"GRPC_TRACE": "http_keepalive", "GRPC_VERBOSITY": "INFO"},
+    )
+    token = pki.token("default:write", subject="idle-worker")
+    worker_queue, cli_queue, cli_wf = "idle-worker-tq", "idle-cli-tq", "idle-cli-wf"
+    started = cli(
+        pki, proxy.address, "workflow", "start", "--type", "GreetingWorkflow",
+        "--task-queue", cli_queue, "--workflow-id", cli_wf, "--input", '"cli"', token=token,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    cli_result: list[subprocess.CompletedProcess[str]] = []
+    waiter = threading.Thread(
+        target=lambda: cli_result.append(
+            cli(pki, proxy.address, "workflow", "result", "--workflow-id", cli_wf,
+                token=token, timeout=IDLE_SECONDS + 60)
+        ),
+        daemon=True,
+    )  # fmt: skip
+
+    idle: list[float] = []  # wall clock, start and end of the idle minutes
+
+    async def scenario() -> tuple[set[frozenset[int]], str]:
+        client = await connect(pki, proxy.address, token=token)
+        # A client that makes no call at all in the idle minutes: only its keepalive pings
+        # cross its connection (the case grpc's default policy would strike and GOAWAY).
+        quiet = await connect(pki, proxy.address, token=token)
+        kinds = {"workflows": [GreetingWorkflow], "activities": [greet]}
+        async with Worker(client, task_queue=worker_queue, **kinds):
+            waiter.start()  # the CLI long-polls the result of a workflow nobody runs yet
+            await asyncio.sleep(5)
+            seen: set[frozenset[int]] = set()
+            idle.append(time.time())
+            until = time.monotonic() + IDLE_SECONDS
+            while time.monotonic() < until:
+                now = proxy_connections(proxy.port)
+                if now not in seen:
+                    print(f"connections at {time.strftime('%H:%M:%S')}: {sorted(now)}")
+                seen.add(now)
+                await asyncio.sleep(2)
+            idle.append(time.time())
+            assert waiter.is_alive() and not cli_result, cli_result
+            # Idle is over: the same worker runs a workflow, and a worker for the CLI's queue
+            # (same client, same connection) completes the workflow the CLI is waiting on.
+            greeting = await client.execute_workflow(
+                GreetingWorkflow.run, "sdk", id="idle-sdk-wf", task_queue=worker_queue
+            )
+            assert (
+                await quiet.workflow_service.get_system_info(GetSystemInfoRequest())
+            ).server_version
+            seen.add(proxy_connections(proxy.port))  # the CLI still waits on its connection
+            async with Worker(client, task_queue=cli_queue, **kinds):
+                await asyncio.to_thread(waiter.join, 30)
+        return seen, greeting
+
+    seen, greeting = asyncio.run(scenario())
+    assert greeting == "Hello, sdk!"
+    assert cli_result and cli_result[0].returncode == 0, cli_result
+    assert "Hello, cli!" in cli_result[0].stdout
+    # One set of connections from start to end: the SDK's and the CLI's (no reconnects).
+    assert len(seen) == 1, seen
+    assert len(next(iter(seen))) >= 3, seen
+    # Both clients pinged during the idle minutes, and no ping ever counted as a strike.
+    pings = [p for p in keepalive_pings(proxy.logs()) if idle[0] <= p[0] <= idle[1]]
+    assert len({transport for _, transport, _ in pings}) >= 2, pings
+    assert len(pings) >= 2 * (IDLE_SECONDS // 30 - 1), pings
+    assert all(strikes == 0 for _, _, strikes in pings), pings
+    print(f"keepalives: {len(pings)} pings on {len({t for _, t, _ in pings})} connections")
