@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import signal
 import ssl
 from collections.abc import Callable
@@ -47,6 +48,10 @@ HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 _HEALTH_SERVICE = b"temporal.api.workflowservice.v1.WorkflowService"
 HEALTH_REQUEST = b"\x0a" + bytes([len(_HEALTH_SERVICE)]) + _HEALTH_SERVICE
 KEY_RETRY_SECONDS = 5.0
+# Memory trim (App._trim_loop): sample the calls in flight this often; trim once this many
+# calls' state (~20-50 KiB each) has been released since the highest sample.
+TRIM_SAMPLE_SECONDS = 1.0
+TRIM_AFTER_RELEASED_CALLS = 200
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -132,6 +137,26 @@ class App:
             await self.keys.refresh()
         await self.keys.run()
 
+    async def _trim_loop(self) -> None:
+        """Give memory back to the OS once a crowd of calls is gone.
+
+        Held streams, rapid resets and bursts of long polls leave their freed call state in
+        glibc's arenas, and RSS would stay at the peak for good (a pod near its memory limit
+        stays there). `malloc_trim` returns the free pages; it runs in a thread, only after at
+        least TRIM_AFTER_RELEASED_CALLS calls ended, never per call.
+        """
+        trim = _malloc_trim()
+        if trim is None:
+            return
+        high = done = 0
+        while True:
+            await asyncio.sleep(TRIM_SAMPLE_SECONDS)
+            calls, ended = self.handler.calls, self.handler.abandoned
+            high = max(high, calls)
+            if high - calls + ended - done >= TRIM_AFTER_RELEASED_CALLS:
+                await asyncio.to_thread(trim, 0)
+                high, done = calls, ended
+
     async def start(self) -> None:
         """Bind and start both listeners (separate from run() so tests can await readiness)."""
         self.server = build_server(self.cfg, self.handler, self.frontend)
@@ -171,6 +196,7 @@ class App:
                 runner = await self.start_admin()
                 tg.create_task(self._reload_loop(), name="tls-reload")
                 tg.create_task(self.reloader.run_expiration_checks(), name="cert-expiry")
+                tg.create_task(self._trim_loop(), name="malloc-trim")
                 await self._stop.wait()
                 await self.drain()
                 raise _Stopped
@@ -235,6 +261,17 @@ class App:
         self.log.info("stopped")
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where there is none (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
 class _Stopped(Exception):
     """Ends the TaskGroup (and cancels the background loops) after a drain."""
 
@@ -258,26 +295,40 @@ def make_channel_factory(
 def build_server(
     cfg: Config, handler: ForwardingHandler, frontend: FrontendCredentials | None
 ) -> grpc.aio.Server:
-    options: list[tuple[str, Any]] = [
+    server = grpc.aio.server(options=server_options(cfg))
+    server.add_generic_rpc_handlers((handler,))
+    return server
+
+
+def server_options(cfg: Config) -> list[tuple[str, Any]]:
+    """grpc-core's arguments for the listener. grpc ignores a name it does not know, silently:
+    tests/test_app.py checks each against the grpc library."""
+    return [
         ("grpc.max_send_message_length", cfg.listen.max_message_size),
         ("grpc.max_receive_message_length", cfg.listen.max_message_size),
         ("grpc.max_metadata_size", cfg.listen.max_header_list_size),
         # grpcio turns SO_REUSEPORT on by default: a second copy would start silently.
         ("grpc.so_reuseport", 1 if cfg.listen.workers != 1 else 0),
-        # SDK workers ping idle connections during long polls; never strike them for it.
+        # Hostile clients (SECURITY.md "Limits"). Announced in SETTINGS; grpc-core also
+        # refuses (REFUSED_STREAM) new streams while the connection's streams that were reset
+        # but not yet released by the application exceed it ("overload protection"), which
+        # is what bounds a rapid-reset flood: grpc-core sends no GOAWAY for it.
+        ("grpc.max_concurrent_streams", cfg.listen.max_concurrent_streams),
+        ("grpc.http.overload_protection", 1),
+        # Temporal's frontend keepalive policy: pings while calls or none are open, at most
+        # one per 10 s; grpc's strike rule (as grpc-go's) sends GOAWAY ENHANCE_YOUR_CALM
+        # "too_many_pings" on the third early ping with no data sent back in between.
+        # SDK core and the Go SDK/CLI ping every 30 s.
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_ping_strikes", 0),
-        # grpc-core queues calls that arrive faster than the event loop takes them and drops
-        # the excess (random early drop past 1,000, all past 3,000) as CANCELLED before any
-        # handler runs. Workers reconnecting after a restart open thousands of long polls at
-        # once, and Temporal itself would take them all: only memory should limit us.
-        ("grpc.server.max_pending_requests", 50_000),
-        ("grpc.server.max_pending_requests_hard_limit", 100_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+        # grpc-core queues calls that arrive faster than the event loop takes them (a burst
+        # of long polls from workers reconnecting). Past listen.maxConcurrentCalls nothing
+        # in the queue could be served anyway, so the queue has the same bound; grpc drops
+        # calls beyond it as CANCELLED before any handler runs.
+        ("grpc.server.max_pending_requests", cfg.listen.max_concurrent_calls),
+        ("grpc.server.max_pending_requests_hard_limit", cfg.listen.max_concurrent_calls),
     ]
-    server = grpc.aio.server(options=options)
-    server.add_generic_rpc_handlers((handler,))
-    return server
 
 
 def build(cfg: Config, *, logger: Any, registry: CollectorRegistry | None = None) -> App:
@@ -332,6 +383,7 @@ def build(cfg: Config, *, logger: Any, registry: CollectorRegistry | None = None
         limiter=build_rate_limiter(cfg),
         audit=audit,
         mode=cfg.authorization.mode,
+        max_concurrent_calls=cfg.listen.max_concurrent_calls,
     )
     app = App(
         cfg=cfg,

@@ -225,6 +225,12 @@ class ListenConfig:
     max_message_size: int = 128 * 1024 * 1024
     max_header_list_size: int = 64 * 1024
     shutdown_grace_period: float = field(default=30.0, metadata=_kind("duration"))
+    # Streams one connection may hold open, announced in SETTINGS (README "Limits"): room for
+    # several SDK workers' long polls on one connection, each stream ~21 KiB when held.
+    max_concurrent_streams: int = 1000
+    # Calls this process holds at once, all connections together; above it RESOURCE_EXHAUSTED
+    # at once. ~49 KiB per held long poll: 8,000 fit the gateway's 512Mi memory limit.
+    max_concurrent_calls: int = 8000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -644,6 +650,13 @@ def _validate(cfg: Config) -> None:
     ):
         if size > _GRPC_MAX_SIZE:
             raise ConfigError(key, f"must be at most {_GRPC_MAX_SIZE} (grpc's limit)")
+    for key, count in (
+        ("listen.maxConcurrentStreams", cfg.listen.max_concurrent_streams),
+        ("listen.maxConcurrentCalls", cfg.listen.max_concurrent_calls),
+    ):
+        # 0 would refuse every call; unlimited is what the attacks in SECURITY.md exploit.
+        if not 1 <= count <= _GRPC_MAX_SIZE:
+            raise ConfigError(key, f"must be between 1 and {_GRPC_MAX_SIZE}")
     az = cfg.authorization
     for key, value, names in (
         ("authorization.authorizer", az.authorizer, AUTHORIZERS),

@@ -401,3 +401,23 @@ def test_effective_config_shows_the_effective_require_authorization(
     assert out["codec"]["allowUnauthenticated"] is False
     why = derived_values(cfg).get("codec.requireAuthorization")
     assert (why is None) if derived is None else (why is not None and derived in why)
+
+
+def test_stream_and_call_limits_have_defaults_sized_for_long_polls() -> None:
+    listen = parse_config(minimal(), {}).listen
+    assert listen.max_concurrent_streams == 1000
+    assert listen.max_concurrent_calls == 8000
+    shown = effective_config(parse_config(minimal(), {}))["listen"]
+    assert shown["maxConcurrentStreams"] == 1000
+    assert shown["maxConcurrentCalls"] == 8000
+    cfg = parse_config(minimal(listen={"maxConcurrentStreams": 5, "maxConcurrentCalls": 7}), {})
+    assert (cfg.listen.max_concurrent_streams, cfg.listen.max_concurrent_calls) == (5, 7)
+
+
+@pytest.mark.parametrize("key", ["maxConcurrentStreams", "maxConcurrentCalls"])
+@pytest.mark.parametrize("value", [0, -1, 2**31, "many", True, 1.5])
+def test_stream_and_call_limits_are_validated_with_their_path(key: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(minimal(listen={key: value}), {})
+    assert caught.value.path == f"listen.{key}"
+    assert "unknown" not in str(caught.value)  # a known key, refused for its value
