@@ -65,13 +65,8 @@ EXPORTED_METRICS: dict[str, tuple[str, frozenset[str]]] = {
         "counter",
         frozenset({"operation", "reason"}),
     ),
-    # TODO(merge h1-grpc-limits): the gRPC call cap's metrics go here when that branch lands
-    # (test_exported_metric_table_matches_the_code fails until they do):
-    # "temporal_auth_proxy_calls_rejected_total": ("counter", frozenset({"reason"})) with
-    # reason {"max_concurrent_calls"} in CLOSED_LABEL_VALUES_BY_METRIC, and
-    # "temporal_auth_proxy_calls_abandoned_total": ("counter", frozenset()); then a dashboard
-    # panel `sum by (reason) (rate(..._calls_rejected_total...))` in the "Rate limiting" row
-    # and an alert on it beside TemporalAuthProxyRateLimitedSpike.
+    "temporal_auth_proxy_calls_rejected_total": ("counter", frozenset({"reason"})),
+    "temporal_auth_proxy_calls_abandoned_total": ("counter", frozenset()),
 }
 # Label values from closed sets (DESIGN.md); an equality matcher on these must use one.
 CLOSED_LABEL_VALUES: dict[str, frozenset[str]] = {
@@ -85,6 +80,7 @@ CLOSED_LABEL_VALUES: dict[str, frozenset[str]] = {
 _CODEC_OPERATIONS = frozenset({"encode", "decode", "download"})
 # Labels whose closed set depends on the metric (`reason`, `operation`).
 CLOSED_LABEL_VALUES_BY_METRIC: dict[str, dict[str, frozenset[str]]] = {
+    "temporal_auth_proxy_calls_rejected_total": {"reason": frozenset({"max_concurrent_calls"})},
     "temporal_auth_proxy_authz_decisions_total": {
         "reason": frozenset(
             {"allowed", "health_check", "noop", "no_credentials", "insufficient_role"}
@@ -134,6 +130,7 @@ REQUIRED_ALERTS = frozenset(
         "TemporalAuthProxyRateLimitedSpike",
         "TemporalAuthProxyAdminConnectionsAtLimit",
         "TemporalAuthProxyCodecErrors",
+        "TemporalAuthProxyCallCapReached",
     }
 )
 
