@@ -8,7 +8,7 @@ TS_DIR := tests/e2e/ts
 TS_STAMP := $(TS_DIR)/node_modules/.installed
 LOCK   := constraints.txt
 
-.PHONY: run test lint typecheck unit e2e protos bench clean venv certs ts-sdk lock
+.PHONY: run test lint typecheck unit e2e protos bench clean venv certs ts-sdk lock browser
 
 # Installs take exact versions from the lock (what CI tested); `make lock` updates it.
 $(STAMP): pyproject.toml $(LOCK)
@@ -38,15 +38,26 @@ $(TS_STAMP): $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
 
 ts-sdk: $(TS_STAMP)
 
+# The Web UI test's browser: Debian's Chromium, installed when neither build is there (root).
+# Playwright drives it as is; it never downloads a browser of its own.
+browser:
+	@command -v chromium-headless-shell >/dev/null 2>&1 || command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "Chromium is missing: apt-get install chromium-headless-shell (as root, make does it)" >&2; exit 1; \
+	  fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium-headless-shell fonts-dejavu-core; }
+
 certs: $(STAMP)
 	$(BIN)/temporal-auth-proxy certs-dev --out $(CERTS)
 
-## make run: dev PKI + JWT key, a Temporal dev server on 127.0.0.1:17233, the proxy on :7233
+## make run: dev PKI + keys, a Temporal dev server on 127.0.0.1:17233 with its Web UI on
+## http://localhost:8233 (codec: the proxy's), the proxy on :7233, one encrypted sample workflow
 run: certs
 	TAP_ROOT=$(CURDIR) ./deploy/dev/run.sh
 
 ## make test: lint, type-check, then the whole suite (end-to-end tests included)
-test: $(STAMP) $(TS_STAMP) lint typecheck
+test: $(STAMP) $(TS_STAMP) browser lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
@@ -59,7 +70,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q -m "not e2e"
 
-e2e: $(STAMP) $(TS_STAMP)
+e2e: $(STAMP) $(TS_STAMP) browser
 	$(BIN)/pytest -q -m e2e
 
 ## make protos: regenerate proxy/_pb from protos/ (a test fails when they are stale)

@@ -237,6 +237,8 @@ def proxy_config(
             "address": f"{LOOPBACK}:{port}",
             "workers": workers,
             "shutdownGracePeriod": "2s",
+            # The long-poll run holds 10,000 calls, past the default cap of 8,000.
+            "maxConcurrentCalls": 100_000,
         },
         "upstream": {
             "address": upstream,

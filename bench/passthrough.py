@@ -92,9 +92,11 @@ async def serve(args: argparse.Namespace) -> None:
     server_options = [
         *options,
         ("grpc.so_reuseport", 0),
+        ("grpc.max_concurrent_streams", 1000),
+        ("grpc.http.overload_protection", 1),
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
     ]
     channel = grpc.aio.insecure_channel(args.upstream, options=channel_options)
     server = grpc.aio.server(options=server_options)

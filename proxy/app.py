@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import signal
 import ssl
 from collections.abc import Callable
@@ -24,24 +25,20 @@ from proxy.admin import (
     metrics_registry,
     raise_file_limit,
 )
-from proxy.audit import AuditLog
-from proxy.authz import DefaultAuthorizer, NoopAuthorizer
-from proxy.claims import DefaultJWTClaimMapper, NoopClaimMapper
-from proxy.claims.identity import build_identity_mapper
-from proxy.codec.body import CodecLimits
-from proxy.codec.http import codec_requires_authorization, codec_routes
-from proxy.codec.payload import PayloadCodec
-from proxy.config import IDENTITY_MAPPERS, Config
+from proxy.audit import build_audit_log
+from proxy.authz.build import build_authorizer
+from proxy.claims.build import build_claim_mapper
+from proxy.codec.build import build_codec_routes
+from proxy.config import Config
 from proxy.errors import ConfigError
 from proxy.forward import ForwardingHandler, UpstreamPool, channel_options, close_channels
-from proxy.gate import Gate
-from proxy.interfaces import Authorizer, ClaimMapper, Logger
+from proxy.gate import Gate, build_gate
+from proxy.interfaces import Logger
 from proxy.keys.build import build_key_provider
 from proxy.keys.idp import IdpKeys
 from proxy.keys.jwks import JwksKeyProvider
-from proxy.metrics import CodecMetrics, ProxyMetrics, multiprocess_dir
-from proxy.plugins import load_plugin
-from proxy.ratelimit import RateLimiter
+from proxy.metrics import ProxyMetrics, build_proxy_metrics, multiprocess_dir
+from proxy.ratelimit import build_rate_limiter
 from proxy.tls.credentials import FrontendCredentials, channel_credentials
 from proxy.tls.material import ClientMaterial, load_tls_materials
 from proxy.tls.peer import peer_identity
@@ -49,51 +46,15 @@ from proxy.tls.reload import TLSReloader
 from proxy.wire.write import HEALTH_REQUEST, health_serving
 
 KEY_RETRY_SECONDS = 5.0
+# Memory trim (App._trim_loop): sample the calls in flight this often; trim once this many
+# calls' state (~20-50 KiB each) has been released since the highest sample.
+TRIM_SAMPLE_SECONDS = 1.0
+TRIM_AFTER_RELEASED_CALLS = 200
 
 
 def _split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def build_claim_mapper(
-    cfg: Config, keys: JwksKeyProvider | IdpKeys | None, logger: Logger
-) -> ClaimMapper:
-    a = cfg.authorization
-    name = a.claim_mapper.lower()
-
-    def default_mapper() -> DefaultJWTClaimMapper:
-        assert isinstance(keys, JwksKeyProvider)
-        try:
-            return DefaultJWTClaimMapper(
-                keys,
-                permissions_claim_name=a.permissions_claim_name,
-                permissions_regex=a.permissions_regex,
-                cache_size=a.token_cache_size,
-                logger=logger,
-            )
-        except ValueError as exc:
-            raise ConfigError("authorization.permissionsRegex", str(exc)) from exc
-
-    if name == "default":
-        return default_mapper()
-    if name in ("", "noop"):
-        return NoopClaimMapper()
-    if name in IDENTITY_MAPPERS:
-        idp_keys = keys if isinstance(keys, IdpKeys) else None
-        return build_identity_mapper(cfg, jwt=default_mapper, idp_keys=idp_keys, logger=logger)
-    mapper = load_plugin(a.claim_mapper, ClaimMapper, "authorization.claimMapper")
-    return mapper  # type: ignore[return-value]  # load_plugin checked the protocol
-
-
-def build_authorizer(cfg: Config) -> Authorizer:
-    name = cfg.authorization.authorizer.lower()
-    if name == "default":
-        return DefaultAuthorizer(methods.lookup, methods.HEALTH_CHECK_APIS)
-    if name in ("", "noop"):
-        return NoopAuthorizer()
-    authorizer = load_plugin(cfg.authorization.authorizer, Authorizer, "authorization.authorizer")
-    return authorizer  # type: ignore[return-value]  # load_plugin checked the protocol
 
 
 @dataclass
@@ -173,6 +134,26 @@ class App:
             await self.keys.refresh()
         await self.keys.run()
 
+    async def _trim_loop(self) -> None:
+        """Give memory back to the OS once a crowd of calls is gone.
+
+        Held streams, rapid resets and bursts of long polls leave their freed call state in
+        glibc's arenas, and RSS would stay at the peak for good (a pod near its memory limit
+        stays there). `malloc_trim` returns the free pages; it runs in a thread, only after at
+        least TRIM_AFTER_RELEASED_CALLS calls ended, never per call.
+        """
+        trim = _malloc_trim()
+        if trim is None:
+            return
+        high = done = 0
+        while True:
+            await asyncio.sleep(TRIM_SAMPLE_SECONDS)
+            calls, ended = self.handler.calls, self.handler.abandoned
+            high = max(high, calls)
+            if high - calls + ended - done >= TRIM_AFTER_RELEASED_CALLS:
+                await asyncio.to_thread(trim, 0)
+                high, done = calls, ended
+
     async def start(self) -> None:
         """Bind and start both listeners (separate from run() so tests can await readiness)."""
         self.server = build_server(self.cfg, self.handler, self.frontend)
@@ -212,6 +193,7 @@ class App:
                 runner = await self.start_admin()
                 tg.create_task(self._reload_loop(), name="tls-reload")
                 tg.create_task(self.reloader.run_expiration_checks(), name="cert-expiry")
+                tg.create_task(self._trim_loop(), name="malloc-trim")
                 await self._stop.wait()
                 await self.drain()
                 raise _Stopped
@@ -276,6 +258,17 @@ class App:
         self.log.info("stopped")
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where there is none (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
 class _Stopped(Exception):
     """Ends the TaskGroup (and cancels the background loops) after a drain."""
 
@@ -299,38 +292,46 @@ def make_channel_factory(
 def build_server(
     cfg: Config, handler: ForwardingHandler, frontend: FrontendCredentials | None
 ) -> grpc.aio.Server:
-    options: list[tuple[str, Any]] = [
+    server = grpc.aio.server(options=server_options(cfg))
+    server.add_generic_rpc_handlers((handler,))
+    return server
+
+
+def server_options(cfg: Config) -> list[tuple[str, Any]]:
+    """grpc-core's arguments for the listener. grpc ignores a name it does not know, silently:
+    tests/test_app.py checks each against the grpc library."""
+    return [
         ("grpc.max_send_message_length", cfg.listen.max_message_size),
         ("grpc.max_receive_message_length", cfg.listen.max_message_size),
         ("grpc.max_metadata_size", cfg.listen.max_header_list_size),
         # grpcio turns SO_REUSEPORT on by default: a second copy would start silently.
         ("grpc.so_reuseport", 1 if cfg.listen.workers != 1 else 0),
-        # SDK workers ping idle connections during long polls; never strike them for it.
+        # Hostile clients (SECURITY.md "Limits"). Announced in SETTINGS; grpc-core also
+        # refuses (REFUSED_STREAM) new streams while the connection's streams that were reset
+        # but not yet released by the application exceed it ("overload protection"), which
+        # is what bounds a rapid-reset flood: grpc-core sends no GOAWAY for it.
+        ("grpc.max_concurrent_streams", cfg.listen.max_concurrent_streams),
+        ("grpc.http.overload_protection", 1),
+        # Temporal's frontend keepalive policy: pings while calls or none are open, at most
+        # one per 10 s; grpc's strike rule (as grpc-go's) sends GOAWAY ENHANCE_YOUR_CALM
+        # "too_many_pings" on the third early ping with no data sent back in between.
+        # SDK core and the Go SDK/CLI ping every 30 s.
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_ping_strikes", 0),
-        # grpc-core queues calls that arrive faster than the event loop takes them and drops
-        # the excess (random early drop past 1,000, all past 3,000) as CANCELLED before any
-        # handler runs. Workers reconnecting after a restart open thousands of long polls at
-        # once, and Temporal itself would take them all: only memory should limit us.
-        ("grpc.server.max_pending_requests", 50_000),
-        ("grpc.server.max_pending_requests_hard_limit", 100_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+        # grpc-core queues calls that arrive faster than the event loop takes them (a burst
+        # of long polls from workers reconnecting). Past listen.maxConcurrentCalls nothing
+        # in the queue could be served anyway, so the queue has the same bound; grpc drops
+        # calls beyond it as CANCELLED before any handler runs.
+        ("grpc.server.max_pending_requests", cfg.listen.max_concurrent_calls),
+        ("grpc.server.max_pending_requests_hard_limit", cfg.listen.max_concurrent_calls),
     ]
-    server = grpc.aio.server(options=options)
-    server.add_generic_rpc_handlers((handler,))
-    return server
 
 
 def build(cfg: Config, *, logger: Logger, registry: CollectorRegistry | None = None) -> App:
     """Build and validate everything `serve` needs. Raises ConfigError; binds nothing."""
     registry = registry if registry is not None else CollectorRegistry()
-    metrics = ProxyMetrics(
-        registry,
-        method_names=sorted(
-            {m.short_name for m in methods.all_methods()} | {methods.UNKNOWN_LABEL}
-        ),
-        namespace_labels=cfg.metrics.namespace_labels,
-    )
+    metrics = build_proxy_metrics(cfg, registry)
     materials = load_tls_materials(cfg.tls)
     frontend = FrontendCredentials(materials.frontend) if materials.frontend is not None else None
 
@@ -348,19 +349,16 @@ def build(cfg: Config, *, logger: Logger, registry: CollectorRegistry | None = N
     )
     keys = build_key_provider(cfg, metrics, logger)
     mapper = build_claim_mapper(cfg, keys, logger)
-    authorizer = build_authorizer(cfg)
     require_client_auth = frontend is not None and frontend.require_client_auth
-    gate = Gate(
+    gate = build_gate(
+        cfg,
         claim_mapper=mapper,
-        authorizer=authorizer,
+        authorizer=build_authorizer(cfg),
         metrics=metrics,
         logger=logger,
-        audience=cfg.authorization.audience,
         peer_always_verified=require_client_auth,
-        mode=cfg.authorization.mode,
-        filter_list_namespaces=cfg.authorization.filter_list_namespaces,
     )
-    audit = AuditLog(cfg.audit) if cfg.audit.enabled else None
+    audit = build_audit_log(cfg)
     pool = UpstreamPool(make_channel_factory(cfg, materials.internode), cfg.upstream.channels)
     handler = ForwardingHandler(
         gate=gate,
@@ -379,8 +377,9 @@ def build(cfg: Config, *, logger: Logger, registry: CollectorRegistry | None = N
             if require_client_auth
             else None
         ),
-        limiter=RateLimiter(cfg.rate_limits) if cfg.rate_limits.enabled else None,
+        limiter=build_rate_limiter(cfg),
         audit=audit,
+        max_concurrent_calls=cfg.listen.max_concurrent_calls,
     )
     app = App(
         cfg=cfg,
@@ -400,24 +399,3 @@ def build(cfg: Config, *, logger: Logger, registry: CollectorRegistry | None = N
         extra_routes=build_codec_routes(cfg, mapper, registry, logger),
     )
     return app
-
-
-def build_codec_routes(
-    cfg: Config, mapper: ClaimMapper, registry: CollectorRegistry, logger: Logger
-) -> list[web.RouteDef]:
-    if not cfg.codec.enabled:
-        return []
-    codec = PayloadCodec.from_config(cfg.codec)
-    return codec_routes(
-        codec,
-        claim_mapper=mapper,
-        require_authorization=codec_requires_authorization(cfg),
-        cors=cfg.codec.cors,
-        auth_header_name=cfg.authorization.auth_header_name,
-        extra_header_name=cfg.authorization.auth_extra_header_name,
-        audience=cfg.authorization.audience,
-        limits=CodecLimits.from_config(cfg.codec),
-        metrics=CodecMetrics(registry),
-        path_prefix=cfg.codec.path_prefix,
-        logger=logger,
-    )

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
-from proxy.config import AuditConfig
+from proxy.config import AuditConfig, Config
 from proxy.errors import MalformedRequestError
 from proxy.log import truncate
 from proxy.model import Access, Claims, MethodInfo, PeerIdentity
@@ -250,3 +250,8 @@ class AuditLog:
 
 def claims_subject(claims: Claims | None) -> str:
     return claims.subject if claims is not None else ""
+
+
+def build_audit_log(cfg: Config) -> AuditLog | None:
+    """`audit`: the audit log (its file opened now), or None when it is off."""
+    return AuditLog(cfg.audit) if cfg.audit.enabled else None

@@ -13,7 +13,7 @@ import yaml
 
 from proxy import __version__
 from proxy import log as logmod
-from proxy.config import Config, effective_config, load_config
+from proxy.config import Config, derived_values, effective_config, load_config
 from proxy.errors import ConfigError
 
 EXIT_OK = 0
@@ -63,6 +63,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if not _builds(cfg):
         return EXIT_CONFIG
     print(yaml.safe_dump(effective_config(cfg), sort_keys=False), end="")
+    # stdout shows effective values; say on stderr which of them the file did not write.
+    for key, why in derived_values(cfg).items():
+        print(f"derived {key}: {why}", file=sys.stderr)
     print("config ok", file=sys.stderr)
     return EXIT_OK
 
@@ -202,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.set_defaults(func=cmd_check_config)
 
-    p = sub.add_parser("certs-dev", help="write a dev CA, certificates and a JWT signing key")
+    p = sub.add_parser(
+        "certs-dev", help="write a dev CA, certificates, a JWT signing key and a codec key"
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true", help="regenerate even if files exist")
     p.set_defaults(func=cmd_certs_dev)

@@ -15,6 +15,7 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import ipaddress
 import os
 import re
 import types
@@ -173,6 +174,21 @@ class IdpConfig:
     issuers: tuple[IssuerConfig, ...] = ()
 
 
+# The built-in names (`module.path:Factory` names a plugin). A new built-in claim mapper starts
+# here: its name, its section below, its checks in `_validate_identity`; then claims/build.py.
+CLAIM_MAPPERS = ("default", "noop", "cert", "chain", "idp")
+AUTHORIZERS = ("default", "noop")
+
+
+def builtin_name(value: str, names: tuple[str, ...]) -> str:
+    """A built-in name as the builders compare it: matched case-insensitively as Temporal does,
+    "" meaning noop; anything else (a plugin spec, or a typo validation reports) as written."""
+    lowered = value.lower()
+    if lowered == "":
+        return "noop"
+    return lowered if lowered in names else value
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuthorizationConfig:
     jwt_key_provider: JWTKeyProviderConfig = field(default_factory=JWTKeyProviderConfig)
@@ -193,6 +209,11 @@ class AuthorizationConfig:
     chain: ChainConfig = field(default_factory=ChainConfig)
     idp: IdpConfig = field(default_factory=IdpConfig)
 
+    def __post_init__(self) -> None:
+        # Normalized once, here, however the config was made: every dispatch compares exactly.
+        object.__setattr__(self, "claim_mapper", builtin_name(self.claim_mapper, CLAIM_MAPPERS))
+        object.__setattr__(self, "authorizer", builtin_name(self.authorizer, AUTHORIZERS))
+
 
 # ------------------------------------------------------------------------- the proxy's own
 
@@ -204,6 +225,12 @@ class ListenConfig:
     max_message_size: int = 128 * 1024 * 1024
     max_header_list_size: int = 64 * 1024
     shutdown_grace_period: float = field(default=30.0, metadata=_kind("duration"))
+    # Streams one connection may hold open, announced in SETTINGS (README "Limits"): room for
+    # several SDK workers' long polls on one connection, each stream ~21 KiB when held.
+    max_concurrent_streams: int = 1000
+    # Calls this process holds at once, all connections together; above it RESOURCE_EXHAUSTED
+    # at once. ~49 KiB per held long poll: 8,000 fit the gateway's 512Mi memory limit.
+    max_concurrent_calls: int = 8000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -326,6 +353,9 @@ class CodecConfig:
     cors: CorsConfig = field(default_factory=CorsConfig)
     # None: required exactly when JWT is configured.
     require_authorization: bool | None = None
+    # Without authorization the codec decrypts and encrypts for anyone who reaches the admin
+    # port; on an address that is not loopback that must be said here (startup refuses else).
+    allow_unauthenticated: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -620,15 +650,23 @@ def _validate(cfg: Config) -> None:
     ):
         if size > _GRPC_MAX_SIZE:
             raise ConfigError(key, f"must be at most {_GRPC_MAX_SIZE} (grpc's limit)")
-    az = cfg.authorization
-    for key, value, ours in (
-        ("authorization.authorizer", az.authorizer, ()),
-        ("authorization.claimMapper", az.claim_mapper, IDENTITY_MAPPERS),
+    for key, count in (
+        ("listen.maxConcurrentStreams", cfg.listen.max_concurrent_streams),
+        ("listen.maxConcurrentCalls", cfg.listen.max_concurrent_calls),
     ):
-        if value.lower() not in ("", "default", "noop", *ours) and ":" not in value:
-            names = ", ".join(("default", "noop", *ours))
-            raise ConfigError(key, f"unknown value {value!r} ({names} or module.path:Factory)")
-    if az.claim_mapper.lower() == "default" and not [
+        # 0 would refuse every call; unlimited is what the attacks in SECURITY.md exploit.
+        if not 1 <= count <= _GRPC_MAX_SIZE:
+            raise ConfigError(key, f"must be between 1 and {_GRPC_MAX_SIZE}")
+    az = cfg.authorization
+    for key, value, names in (
+        ("authorization.authorizer", az.authorizer, AUTHORIZERS),
+        ("authorization.claimMapper", az.claim_mapper, CLAIM_MAPPERS),
+    ):
+        if value not in names and ":" not in value:
+            raise ConfigError(
+                key, f"unknown value {value!r} ({', '.join(names)} or module.path:Factory)"
+            )
+    if az.claim_mapper == "default" and not [
         u for u in az.jwt_key_provider.key_source_uris if u.strip()
     ]:
         raise ConfigError(
@@ -700,6 +738,7 @@ def _validate(cfg: Config) -> None:
         ):
             if bound < low:
                 raise ConfigError(f"codec.{name}", f"must be at least {low}")
+        validate_codec_exposure(cfg)
         prefix = codec.path_prefix
         if prefix and (
             not prefix.startswith("/")
@@ -714,13 +753,61 @@ def _validate(cfg: Config) -> None:
             )
 
 
-IDENTITY_MAPPERS = ("cert", "chain", "idp")
+def codec_requires_authorization(cfg: Config) -> bool:
+    """`codec.requireAuthorization`, defaulting to "yes when JWT (or any claim mapper) is on"."""
+    if cfg.codec.require_authorization is not None:
+        return cfg.codec.require_authorization
+    az = cfg.authorization
+    has_jwt_keys = any(uri.strip() for uri in az.jwt_key_provider.key_source_uris)
+    # A plugin claim mapper is fail-closed too: it exists to check credentials.
+    return has_jwt_keys or az.claim_mapper != "noop"
+
+
+def is_loopback_address(address: str) -> bool:
+    """`host:port` binds loopback only: 127.0.0.0/8, ::1 or the name `localhost`.
+
+    Any other name counts as exposed: it may resolve to anything."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def validate_codec_exposure(cfg: Config) -> None:
+    """An unauthenticated codec off loopback is an open decrypt/encrypt oracle: opt in by name."""
+    if (
+        not cfg.codec.enabled
+        or cfg.codec.allow_unauthenticated
+        or codec_requires_authorization(cfg)
+        or is_loopback_address(cfg.admin.address)
+    ):
+        return
+    why = (
+        "is false"
+        if cfg.codec.require_authorization is False
+        else "is not set and no JWT keys or claim mapper are configured"
+    )
+    raise ConfigError(
+        "codec.allowUnauthenticated",
+        f"codec.requireAuthorization {why}, so anyone who reaches admin.address "
+        f"{cfg.admin.address} (not loopback) could decrypt and encrypt payloads; "
+        "set codec.requireAuthorization: true with a claim mapper, bind admin.address to "
+        "127.0.0.1, or set codec.allowUnauthenticated: true to serve it unauthenticated "
+        "on purpose",
+    )
+
+
 _CHAIN_MEMBERS = ("cert", "jwt", "idp")
 
 
 def identity_members(az: AuthorizationConfig) -> frozenset[str]:
     """The mappers `claimMapper` puts to use: cert, jwt (Temporal's default) and/or idp."""
-    name = az.claim_mapper.lower()
+    name = az.claim_mapper
     if name == "default":
         return frozenset({"jwt"})
     if name in ("cert", "idp"):
@@ -740,7 +827,7 @@ def _validate_identity(cfg: Config) -> None:
 
     Patterns, grants and key files are checked when the mappers are built (also at startup)."""
     az = cfg.authorization
-    name = az.claim_mapper.lower()
+    name = az.claim_mapper
     if name == "chain":
         members = az.chain.members
         for i, member in enumerate(members):
@@ -898,8 +985,25 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
 
 
 def effective_config(cfg: Config) -> dict[str, Any]:
-    """The config as YAML-shaped data with defaults filled in and secrets redacted."""
-    return typing.cast(dict[str, Any], _dump(cfg))
+    """The config as YAML-shaped data with defaults filled in and secrets redacted.
+
+    Values derived from other keys are shown as the proxy applies them (see `derived_values`
+    for which ones the file did not set), so the output also loads back unchanged in effect."""
+    out = typing.cast(dict[str, Any], _dump(cfg))
+    out["codec"]["requireAuthorization"] = codec_requires_authorization(cfg)
+    return out
+
+
+def derived_values(cfg: Config) -> dict[str, str]:
+    """Key path -> why, for each value `effective_config` shows that the file left unset."""
+    out: dict[str, str] = {}
+    if cfg.codec.require_authorization is None:
+        out["codec.requireAuthorization"] = (
+            "not set: true because JWT keys or a claim mapper are configured"
+            if codec_requires_authorization(cfg)
+            else "not set: false because no JWT keys or claim mapper are configured"
+        )
+    return out
 
 
 def _dump(obj: Any, kind: str = "") -> Any:

@@ -10,11 +10,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from proxy import methods
-from proxy.app import build_authorizer, build_claim_mapper
 from proxy.authz import required_role
+from proxy.authz.build import build_authorizer
+from proxy.claims.build import build_claim_mapper
 from proxy.config import Config
 from proxy.errors import ConfigError
-from proxy.gate import Gate, Verdict
+from proxy.gate import Verdict, build_gate
 from proxy.keys.build import build_key_provider
 from proxy.keys.fetch import redact_uri
 from proxy.keys.idp import IdpKeys
@@ -25,7 +26,7 @@ from proxy.methods import (
     OPERATOR_SERVICE_PREFIX,
     WORKFLOW_SERVICE_PREFIX,
 )
-from proxy.metrics import ProxyMetrics
+from proxy.metrics import build_proxy_metrics
 from proxy.model import Claims, MethodInfo, PeerIdentity, Reason, Role, Scope
 from proxy.tls.peer import identity_from_pem
 from proxy.wire.write import encode_len_field
@@ -210,23 +211,23 @@ async def explain(
 ) -> Explanation:
     info = resolve_method(method)
     capture = _Capture()
-    keys = build_key_provider(cfg, ProxyMetrics(CollectorRegistry(), method_names=()), capture)
+    # The same builders as `serve`; the metrics go to a registry nobody reads.
+    metrics = build_proxy_metrics(cfg, CollectorRegistry())
+    keys = build_key_provider(cfg, metrics, capture)
     failures: list[dict[str, str]] = []
     if keys is not None:
         # As `serve`, one source that cannot be loaded does not stop the others from deciding.
         await keys.refresh()
         failures = _key_failures(keys)
-    mapper = build_claim_mapper(cfg, keys, capture)
-    gate = Gate(
-        claim_mapper=mapper,
+    gate = build_gate(
+        cfg,
+        claim_mapper=build_claim_mapper(cfg, keys, capture),
         authorizer=build_authorizer(cfg),
-        metrics=ProxyMetrics(CollectorRegistry(), method_names=()),
+        metrics=metrics,
         logger=capture,
-        audience=cfg.authorization.audience,
         # Under requireClientAuth every real caller has a verified certificate.
         peer_always_verified=cert_pem is not None or cfg.tls.frontend.server.require_client_auth,
-        mode="enforce",
-        filter_list_namespaces=cfg.authorization.filter_list_namespaces,
+        mode="enforce",  # what `enforce` decides, also for a config in shadow mode
     )
     peer: PeerIdentity | None = None
     if cert_pem is not None:

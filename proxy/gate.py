@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Literal
 
+from proxy.config import Config
 from proxy.errors import CredentialError, MalformedRequestError
 from proxy.interfaces import AuthInfoOptional, Authorizer, ClaimMapper, ClaimsOnlyDenial, Logger
 from proxy.listfilter import can_list_some
@@ -205,3 +206,30 @@ class Gate:
             filter_namespaces=filtered,
             body_read=body_read,
         )
+
+
+def build_gate(
+    cfg: Config,
+    *,
+    claim_mapper: ClaimMapper,
+    authorizer: Authorizer,
+    metrics: ProxyMetrics,
+    logger: Logger,
+    peer_always_verified: bool,
+    mode: Mode | None = None,
+) -> Gate:
+    """The Gate `serve` runs; `explain` passes mode="enforce" to show what enforce decides.
+
+    `peer_always_verified`: every connection carries a verified certificate (requireClientAuth
+    as loaded, not just as configured)."""
+    az = cfg.authorization
+    return Gate(
+        claim_mapper=claim_mapper,
+        authorizer=authorizer,
+        metrics=metrics,
+        logger=logger,
+        audience=az.audience,
+        peer_always_verified=peer_always_verified,
+        mode=az.mode if mode is None else mode,
+        filter_list_namespaces=az.filter_list_namespaces,
+    )

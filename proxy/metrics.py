@@ -8,11 +8,15 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
+from proxy import methods
+from proxy.config import Config
 from proxy.model import Decision, Reason
 
 PREFIX = "temporal_auth_proxy_"
 OTHER_NAMESPACE = "_other_"
 CERT_LABELS = ("frontend", "frontend_client_ca", "internode", "internode_root_ca")
+# calls_rejected_total{reason}: the closed set (README "Limits").
+CALL_REJECT_REASONS = ("max_concurrent_calls",)
 
 # Latency buckets sized for a proxy hop: sub-millisecond up to long polls (~70 s).
 _REQUEST_BUCKETS = (
@@ -123,12 +127,26 @@ class ProxyMetrics:
             ("scope",),
             registry=registry,
         )
+        self.calls_rejected_total = Counter(
+            PREFIX + "calls_rejected_total",
+            "Calls refused with RESOURCE_EXHAUSTED before any work, by the limit that refused it.",
+            ("reason",),
+            registry=registry,
+        )
+        self.calls_abandoned_total = Counter(
+            PREFIX + "calls_abandoned_total",
+            "Calls that ended before their request message arrived (stream reset or held, "
+            "connection dropped): held-stream and rapid-reset floods show here.",
+            registry=registry,
+        )
         self.inflight = Gauge(
             PREFIX + "inflight_requests",
             "Calls currently being handled.",
             registry=registry,
             multiprocess_mode="livesum",
         )
+        for reason in CALL_REJECT_REASONS:
+            self.calls_rejected_total.labels(reason=reason)
         for result in ("success", "failure"):
             self.jwks_refresh_total.labels(result=result)
             self.tls_reload_total.labels(result=result)
@@ -242,3 +260,14 @@ class CodecMetrics:
             child = self.requests_total.labels(operation=operation, code=str(status))
             self._requests[(operation, status)] = child
         child.inc()
+
+
+def build_proxy_metrics(cfg: Config, registry: CollectorRegistry) -> ProxyMetrics:
+    """The proxy's metrics in `registry`, a child per method of Temporal's table."""
+    return ProxyMetrics(
+        registry,
+        method_names=sorted(
+            {m.short_name for m in methods.all_methods()} | {methods.UNKNOWN_LABEL}
+        ),
+        namespace_labels=cfg.metrics.namespace_labels,
+    )

@@ -7,7 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from proxy.config import RateLimitRule, RateLimitsConfig
+from proxy.config import Config, RateLimitRule, RateLimitsConfig
 from proxy.model import Access, MethodInfo
 
 SCOPES = ("subject", "namespace", "reads", "writes", "admin")
@@ -79,3 +79,8 @@ class RateLimiter:
 
 def _burst(rule: RateLimitRule) -> float:
     return float(rule.burst) if rule.burst > 0 else max(1.0, rule.rate)
+
+
+def build_rate_limiter(cfg: Config) -> RateLimiter | None:
+    """`rateLimits`: the limiter, or None when it is off (the handler then checks nothing)."""
+    return RateLimiter(cfg.rate_limits) if cfg.rate_limits.enabled else None

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from proxy import methods
-from proxy.app import build_claim_mapper
 from proxy.authz import DefaultAuthorizer
+from proxy.claims.build import build_claim_mapper
 from proxy.claims.cert import CertificateClaimMapper, CertificateRule
 from proxy.claims.dn import SubjectPattern
 from proxy.claims.patterns import Glob, Grant, PatternError

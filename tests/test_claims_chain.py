@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from proxy.app import build_claim_mapper
+from proxy.claims.build import build_claim_mapper
 from proxy.claims.cert import CertificateClaimMapper, CertificateRule
 from proxy.claims.chain import ChainClaimMapper
 from proxy.claims.jwt import DefaultJWTClaimMapper

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from prometheus_client import CollectorRegistry
 
-from proxy.app import build_claim_mapper
+from proxy.claims.build import build_claim_mapper
 from proxy.claims.idp import IdpClaimMapper, IssuerPolicy, RoleClaim
 from proxy.claims.patterns import PatternError
 from proxy.config import parse_config

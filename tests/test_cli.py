@@ -125,3 +125,38 @@ def test_check_config_redacts_secrets(tmp_path: Path) -> None:
     assert "PRIVATE KEY" not in out.stdout
     assert base64.b64encode(key_pem).decode()[:40] not in out.stdout
     assert yaml.safe_load(out.stdout)["tls"]["frontend"]["server"]["keyData"] == "<redacted>"
+
+
+def test_check_config_prints_effective_codec_authorization(tmp_path: Path) -> None:
+    key = base64.b64encode(b"k" * 32).decode()
+    raw = {
+        "upstream": {"address": "127.0.0.1:7233"},
+        "admin": {"address": "127.0.0.1:9090"},
+        "authorization": {"claimMapper": "noop", "authorizer": "noop"},
+        "codec": {"enabled": True, "keys": {"k": key}, "encryptKeyId": "k"},
+    }
+    cfg = tmp_path / "codec.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    out = run("check-config", "--config", str(cfg))
+    assert out.returncode == 0, out.stderr
+    # The effective value, not `null`; stderr says it was derived, not written.
+    assert yaml.safe_load(out.stdout)["codec"]["requireAuthorization"] is False
+    assert "requireAuthorization: false" in out.stdout
+    assert "derived codec.requireAuthorization: not set: false because" in out.stderr
+    # The same file on a public admin address refuses, naming the key to set.
+    raw["admin"] = {"address": "0.0.0.0:9090"}
+    cfg.write_text(yaml.safe_dump(raw))
+    out = run("check-config", "--config", str(cfg))
+    assert out.returncode == 2 and out.stdout == ""
+    assert "codec.allowUnauthenticated:" in out.stderr
+    assert "set codec.allowUnauthenticated: true" in out.stderr
+    raw["codec"]["allowUnauthenticated"] = True
+    cfg.write_text(yaml.safe_dump(raw))
+    out = run("check-config", "--config", str(cfg))
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(out.stdout)["codec"]["allowUnauthenticated"] is True
+    # An explicit value is printed as written and not reported as derived.
+    raw["codec"]["requireAuthorization"] = False
+    cfg.write_text(yaml.safe_dump(raw))
+    out = run("check-config", "--config", str(cfg))
+    assert out.returncode == 0 and "derived" not in out.stderr, out.stderr

@@ -359,6 +359,7 @@ def test_from_config_end_to_end(tmp_path: Path) -> None:
     cfg = parse_config(
         {
             "upstream": {"address": "127.0.0.1:7233"},
+            "admin": {"address": "127.0.0.1:9090"},  # unauthenticated codec: loopback only
             "authorization": {"claimMapper": "noop"},
             "codec": {
                 "enabled": True,
@@ -387,6 +388,7 @@ def test_from_config_end_to_end(tmp_path: Path) -> None:
 def _codec_cfg(**codec_over: object) -> CodecConfig:
     raw = {
         "upstream": {"address": "127.0.0.1:7233"},
+        "admin": {"address": "127.0.0.1:9090"},  # unauthenticated codec: loopback only
         "authorization": {"claimMapper": "noop"},
         "codec": {"enabled": True, "keys": {"a": b64(KEY_A), "b": b64(KEY_B)}, **codec_over},
     }

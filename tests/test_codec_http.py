@@ -1058,6 +1058,7 @@ def test_path_prefix_config() -> None:
     def cfg(prefix: str) -> Any:
         raw = {
             "upstream": {"address": "127.0.0.1:7233"},
+            "admin": {"address": "127.0.0.1:9090"},  # unauthenticated codec: loopback only
             "authorization": {"claimMapper": "noop"},
             "codec": {
                 "enabled": True,

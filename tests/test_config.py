@@ -9,8 +9,11 @@ import pytest
 
 from proxy.config import (
     REDACTED,
+    codec_requires_authorization,
+    derived_values,
     effective_config,
     format_duration,
+    is_loopback_address,
     load_config,
     parse_config,
     parse_duration,
@@ -195,9 +198,10 @@ def test_proxy_rules(section: dict[str, Any], path: str) -> None:
 
 
 def test_names_are_case_insensitive_like_temporal() -> None:
-    from proxy.app import build_authorizer, build_claim_mapper
     from proxy.authz import DefaultAuthorizer
+    from proxy.authz.build import build_authorizer
     from proxy.claims import NoopClaimMapper
+    from proxy.claims.build import build_claim_mapper
 
     raw = minimal(authorization={"authorizer": "Default", "claimMapper": "NOOP"})
     cfg = parse_config(raw, {})
@@ -209,6 +213,7 @@ def test_effective_config_redacts_secrets_and_shows_defaults() -> None:
     raw = minimal(
         tls={"frontend": {"server": {"certData": b64(PEM), "keyData": b64(KEY)}}},
         codec={"enabled": True, "keys": {"k1": b64("x" * 32)}, "encryptKeyId": "k1"},
+        admin={"address": "127.0.0.1:9090"},
     )
     shown = effective_config(parse_config(raw, {}))
     assert shown["tls"]["frontend"]["server"]["keyData"] == REDACTED
@@ -295,3 +300,124 @@ def test_unbounded_admin_and_log_limits_are_refused(
         parse_config(minimal(**{section: raw}))
     assert err.value.path == path
     assert "unknown key" not in str(err.value)
+
+
+# ------------------------------------------- unauthenticated codec off loopback (issue 16 #4)
+
+
+def _codec(admin: str, **codec: Any) -> dict[str, Any]:
+    return minimal(
+        admin={"address": admin},
+        codec={"enabled": True, "keys": {"k1": b64("x" * 32)}, "encryptKeyId": "k1", **codec},
+    )
+
+
+@pytest.mark.parametrize(
+    ("admin", "codec"),
+    [
+        ("0.0.0.0:9090", {}),  # the README's sample address, requireAuthorization unset
+        ("0.0.0.0:9090", {"requireAuthorization": False}),
+        ("[::]:9090", {}),
+        ("10.1.2.3:9090", {}),
+        ("proxy.internal:9090", {}),  # a name may resolve to anything
+        ("[::ffff:10.0.0.1]:9090", {}),
+        ("0.0.0.0:9090", {"allowUnauthenticated": False}),
+    ],
+)
+def test_unauthenticated_codec_off_loopback_refuses_to_start(
+    admin: str, codec: dict[str, Any]
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_codec(admin, **codec), {})
+    assert info.value.path == "codec.allowUnauthenticated"
+    # The message says what to set, and where the exposure is.
+    assert "codec.allowUnauthenticated: true" in info.value.message
+    assert "codec.requireAuthorization: true" in info.value.message
+    assert admin in info.value.message
+
+
+@pytest.mark.parametrize(
+    "admin",
+    [
+        "127.0.0.1:9090",
+        "127.8.9.10:9090",  # all of 127.0.0.0/8
+        "[::1]:9090",
+        "localhost:9090",
+        "LocalHost.:9090",
+        "[::ffff:127.0.0.1]:9090",
+    ],
+)
+def test_unauthenticated_codec_on_loopback_is_allowed(admin: str) -> None:
+    cfg = parse_config(_codec(admin), {})
+    assert cfg.codec.allow_unauthenticated is False
+    assert is_loopback_address(admin)
+
+
+def test_unauthenticated_codec_off_loopback_with_explicit_opt_in() -> None:
+    cfg = parse_config(_codec("0.0.0.0:9090", allowUnauthenticated=True), {})
+    assert cfg.codec.allow_unauthenticated is True
+    assert codec_requires_authorization(cfg) is False
+
+
+def test_authenticated_codec_off_loopback_needs_no_opt_in() -> None:
+    raw = _codec("0.0.0.0:9090", requireAuthorization=True)
+    raw["authorization"] = {"claimMapper": "default", "authorizer": "default"}
+    raw["authorization"]["jwtKeyProvider"] = {"keySourceURIs": ["file:///nonexistent/jwks.json"]}
+    cfg = parse_config(raw, {})
+    assert codec_requires_authorization(cfg) is True
+    # Default (unset) with JWT keys configured means required, so no opt-in either.
+    del raw["codec"]["requireAuthorization"]
+    assert codec_requires_authorization(parse_config(raw, {})) is True
+
+
+def test_a_disabled_codec_needs_no_opt_in() -> None:
+    raw = _codec("0.0.0.0:9090")
+    raw["codec"]["enabled"] = False
+    assert parse_config(raw, {}).codec.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("authorization", "codec", "shown", "derived"),
+    [
+        ({}, {}, False, "false because"),
+        ({}, {"requireAuthorization": False}, False, None),
+        ({}, {"requireAuthorization": True}, True, None),
+        (
+            {"claimMapper": "default", "jwtKeyProvider": {"keySourceURIs": ["file:///x.json"]}},
+            {},
+            True,
+            "true because",
+        ),
+    ],
+)
+def test_effective_config_shows_the_effective_require_authorization(
+    authorization: dict[str, Any], codec: dict[str, Any], shown: bool, derived: str | None
+) -> None:
+    raw = _codec("127.0.0.1:9090", **codec)
+    raw["authorization"].update(authorization)
+    cfg = parse_config(raw, {})
+    out = effective_config(cfg)
+    assert out["codec"]["requireAuthorization"] is shown
+    assert out["codec"]["allowUnauthenticated"] is False
+    why = derived_values(cfg).get("codec.requireAuthorization")
+    assert (why is None) if derived is None else (why is not None and derived in why)
+
+
+def test_stream_and_call_limits_have_defaults_sized_for_long_polls() -> None:
+    listen = parse_config(minimal(), {}).listen
+    assert listen.max_concurrent_streams == 1000
+    assert listen.max_concurrent_calls == 8000
+    shown = effective_config(parse_config(minimal(), {}))["listen"]
+    assert shown["maxConcurrentStreams"] == 1000
+    assert shown["maxConcurrentCalls"] == 8000
+    cfg = parse_config(minimal(listen={"maxConcurrentStreams": 5, "maxConcurrentCalls": 7}), {})
+    assert (cfg.listen.max_concurrent_streams, cfg.listen.max_concurrent_calls) == (5, 7)
+
+
+@pytest.mark.parametrize("key", ["maxConcurrentStreams", "maxConcurrentCalls"])
+@pytest.mark.parametrize("value", [0, -1, 2**31, "many", True, 1.5])
+def test_stream_and_call_limits_are_validated_with_their_path(key: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(minimal(listen={key: value}), {})
+    assert caught.value.path == f"listen.{key}"
+    assert "unknown" not in str(caught.value)  # a known key, refused for its value

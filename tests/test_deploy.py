@@ -46,7 +46,7 @@ EXPORTED_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "temporal_auth_proxy_request_duration_seconds": ("histogram", frozenset({"method"})),
     "temporal_auth_proxy_authz_decisions_total": (
         "counter",
-        frozenset({"decision", "reason", "auth_type"}),
+        frozenset({"decision", "reason", "auth_type", "mode"}),
     ),
     "temporal_auth_proxy_authz_duration_seconds": ("histogram", frozenset()),
     "temporal_auth_proxy_jwks_refresh_total": ("counter", frozenset({"result"})),
@@ -56,12 +56,61 @@ EXPORTED_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "temporal_auth_proxy_certificate_expiry_timestamp_seconds": ("gauge", frozenset({"cert"})),
     "temporal_auth_proxy_upstream_errors_total": ("counter", frozenset({"code"})),
     "temporal_auth_proxy_inflight_requests": ("gauge", frozenset()),
+    "temporal_auth_proxy_rate_limited_total": ("counter", frozenset({"scope"})),
+    "temporal_auth_proxy_admin_connections": ("gauge", frozenset()),
+    "temporal_auth_proxy_admin_connections_closed_total": ("counter", frozenset({"reason"})),
+    "temporal_auth_proxy_codec_requests_total": ("counter", frozenset({"operation", "code"})),
+    "temporal_auth_proxy_codec_duration_seconds": ("histogram", frozenset({"operation"})),
+    "temporal_auth_proxy_codec_rejected_total": (
+        "counter",
+        frozenset({"operation", "reason"}),
+    ),
+    "temporal_auth_proxy_calls_rejected_total": ("counter", frozenset({"reason"})),
+    "temporal_auth_proxy_calls_abandoned_total": ("counter", frozenset()),
 }
 # Label values from closed sets (DESIGN.md); an equality matcher on these must use one.
 CLOSED_LABEL_VALUES: dict[str, frozenset[str]] = {
     "decision": frozenset({"allow", "deny"}),
     "result": frozenset({"success", "failure"}),
     "cert": frozenset({"frontend", "frontend_client_ca", "internode", "internode_root_ca"}),
+    "auth_type": frozenset({"jwt", "cert", "none", "noop", "other"}),
+    "mode": frozenset({"enforce", "shadow"}),
+    "scope": frozenset({"subject", "namespace", "reads", "writes", "admin"}),
+}
+_CODEC_OPERATIONS = frozenset({"encode", "decode", "download"})
+# Labels whose closed set depends on the metric (`reason`, `operation`).
+CLOSED_LABEL_VALUES_BY_METRIC: dict[str, dict[str, frozenset[str]]] = {
+    "temporal_auth_proxy_calls_rejected_total": {"reason": frozenset({"max_concurrent_calls"})},
+    "temporal_auth_proxy_authz_decisions_total": {
+        "reason": frozenset(
+            {"allowed", "health_check", "noop", "no_credentials", "insufficient_role"}
+            | {"unknown_method", "malformed_request", "bad_token_format", "invalid_token"}
+            | {"unsupported_algorithm", "unknown_key", "bad_signature", "token_expired"}
+            | {"token_not_yet_valid", "audience_mismatch", "issuer_mismatch", "bad_subject"}
+            | {"no_keys", "certificate_required", "bad_certificate", "token_required"}
+            | {"authorizer_error", "claim_mapper_error", "policy_denied"}
+        ),
+    },
+    "temporal_auth_proxy_admin_connections_closed_total": {
+        "reason": frozenset(
+            {"over_limit", "handshake_failed", "idle_timeout", "header_timeout"}
+            | {"body_timeout", "write_timeout"}
+        ),
+    },
+    "temporal_auth_proxy_codec_requests_total": {
+        "operation": _CODEC_OPERATIONS | {"preflight", "unknown"},
+    },
+    "temporal_auth_proxy_codec_duration_seconds": {
+        "operation": _CODEC_OPERATIONS | {"preflight", "unknown"},
+    },
+    "temporal_auth_proxy_codec_rejected_total": {
+        "operation": _CODEC_OPERATIONS,
+        "reason": frozenset(
+            {"unauthorized", "body_too_large", "body_timeout", "busy", "too_many_payloads"}
+            | {"too_deep", "too_many_values", "bad_request", "codec_error", "key_not_allowed"}
+            | {"namespace_without_keys"}
+        ),
+    },
 }
 # Labels Prometheus attaches to every scraped series (target labels) or that histograms carry.
 TARGET_LABELS = frozenset(
@@ -78,6 +127,10 @@ REQUIRED_ALERTS = frozenset(
         "TemporalAuthProxyCertificateExpiringSoon",
         "TemporalAuthProxyCertificateExpiringCritical",
         "TemporalAuthProxyUpstreamErrors",
+        "TemporalAuthProxyRateLimitedSpike",
+        "TemporalAuthProxyAdminConnectionsAtLimit",
+        "TemporalAuthProxyCodecErrors",
+        "TemporalAuthProxyCallCapReached",
     }
 )
 
@@ -800,7 +853,9 @@ def promql_problems(expr: str) -> list[str]:
             allowed = EXPORTED_METRICS[metric][1] | TARGET_LABELS
             if label not in allowed:
                 problems.append(f"{metric} has no label {label!r}")
-            closed = CLOSED_LABEL_VALUES.get(label)
+            closed = CLOSED_LABEL_VALUES_BY_METRIC.get(metric, {}).get(label)
+            if closed is None:
+                closed = CLOSED_LABEL_VALUES.get(label)
             if op == "=" and closed is not None and value not in closed:
                 problems.append(f"{label}={value!r} is not one of {sorted(closed)}")
     text = _STRING.sub('""', text)
@@ -864,6 +919,44 @@ def test_promql_check_can_fail() -> None:
     assert unknown_proxy_identifiers("see temporal_auth_proxy_denials_total") == [
         "temporal_auth_proxy_denials_total"
     ]
+    # Per-metric closed sets: `reason` means something else on each metric.
+    closed = 'temporal_auth_proxy_admin_connections_closed_total{reason="over_limit"}'
+    assert promql_problems(closed) == []
+    assert promql_problems(closed.replace("over_limit", "busy"))
+    assert promql_problems('temporal_auth_proxy_codec_rejected_total{reason="busy"}') == []
+    assert promql_problems('temporal_auth_proxy_codec_rejected_total{operation="preflight"}')
+    assert promql_problems('temporal_auth_proxy_rate_limited_total{scope="tenant"}')
+
+
+def test_exported_metric_table_matches_the_code() -> None:
+    """The tables above are API; they must say what the code registers and labels."""
+    from prometheus_client import CollectorRegistry
+
+    from proxy import admin, metrics
+    from proxy.model import AuthType, Reason
+
+    by_metric = CLOSED_LABEL_VALUES_BY_METRIC
+    authz = by_metric["temporal_auth_proxy_authz_decisions_total"]
+    assert authz["reason"] == {r.value for r in Reason}
+    assert CLOSED_LABEL_VALUES["auth_type"] == {a.value for a in AuthType}
+    closed = by_metric["temporal_auth_proxy_admin_connections_closed_total"]["reason"]
+    assert closed == set(admin.CLOSE_REASONS)
+    rejected = by_metric["temporal_auth_proxy_codec_rejected_total"]
+    assert rejected["operation"] == set(metrics.CODEC_OPERATIONS)
+    assert rejected["reason"] == set(metrics.CODEC_REJECT_REASONS)
+    requests = by_metric["temporal_auth_proxy_codec_requests_total"]["operation"]
+    assert requests == set(metrics.CODEC_REQUEST_OPERATIONS)
+    # Names, types and label names as the metric classes register them.
+    registry = CollectorRegistry()
+    metrics.ProxyMetrics(registry, method_names=(), namespace_labels=())
+    metrics.CodecMetrics(registry)
+    admin.AdminMetrics(registry)
+    found: dict[str, tuple[str, frozenset[str]]] = {}
+    for collector in list(registry._collector_to_names):
+        metric: Any = collector
+        name = metric._name + ("_total" if metric._type == "counter" else "")
+        found[name] = (metric._type, frozenset(metric._labelnames))
+    assert found == EXPORTED_METRICS
 
 
 def test_alert_rules_are_well_formed() -> None:
@@ -890,6 +983,18 @@ def test_certificate_alert_thresholds() -> None:
         expr = exprs[alert]
         assert "temporal_auth_proxy_certificate_expiry_timestamp_seconds" in expr
         assert re.search(rf"/\s*86400\s*<\s*{days}\b", expr), expr
+
+
+def test_limit_and_codec_alerts_watch_the_right_series() -> None:
+    exprs = {r["alert"]: r["expr"] for r in alert_rules()}
+    limited = exprs["TemporalAuthProxyRateLimitedSpike"]
+    assert "temporal_auth_proxy_rate_limited_total" in limited
+    assert "temporal_auth_proxy_requests_total" in limited  # a share, not a raw count
+    capped = exprs["TemporalAuthProxyAdminConnectionsAtLimit"]
+    assert 'temporal_auth_proxy_admin_connections_closed_total{reason="over_limit"}' in capped
+    codec = exprs["TemporalAuthProxyCodecErrors"]
+    assert 'temporal_auth_proxy_codec_requests_total{code=~"5.."}' in codec
+    assert re.search(r"\)\s*>\s*0\.05\b", codec), codec
 
 
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
@@ -953,6 +1058,31 @@ def test_dashboard_covers_the_operational_questions() -> None:
         exprs,
     )
     assert "temporal_auth_proxy_inflight_requests" in exprs
+    # Rate limiting: which bucket runs dry, and what share of calls it refuses.
+    assert re.search(r"sum by \(scope\) \(rate\(temporal_auth_proxy_rate_limited_total", exprs)
+    assert re.search(
+        r"sum\(rate\(temporal_auth_proxy_rate_limited_total[^\n]*\) / "
+        r"sum\(rate\(temporal_auth_proxy_requests_total",
+        exprs,
+    )
+    # Codec Server: traffic by operation and status, 5xx share, latency, refusals.
+    assert re.search(
+        r"sum by \(operation, code\) \(rate\(temporal_auth_proxy_codec_requests_total", exprs
+    )
+    assert re.search(r'temporal_auth_proxy_codec_requests_total\{[^}]*code=~"5\.\."', exprs)
+    for q in ("0.5", "0.99"):
+        assert (
+            f"histogram_quantile({q}, sum by (le, operation) "
+            "(rate(temporal_auth_proxy_codec_duration_seconds_bucket"
+        ) in exprs
+    assert re.search(
+        r"sum by \(operation, reason\) \(rate\(temporal_auth_proxy_codec_rejected_total", exprs
+    )
+    # Admin listener: open connections per pod, and why the proxy closed some (over_limit).
+    assert re.search(r"sum by \(pod\) \(temporal_auth_proxy_admin_connections\{", exprs)
+    assert re.search(
+        r"sum by \(reason\) \(rate\(temporal_auth_proxy_admin_connections_closed_total", exprs
+    )
 
 
 @pytest.mark.parametrize(("title", "expr"), dashboard_exprs(), ids=lambda v: str(v)[:60])

@@ -16,7 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from proxy.codec.payload import KeyRing
 from proxy.dev.pki import (
+    DEV_CODEC_KEY_ID,
     SPIFFE_DEV_CLIENT,
     CertificateAuthority,
     ensure_dev_bundle,
@@ -149,6 +151,18 @@ def test_dev_bundle_contents(tmp_path: Path) -> None:
     public = RSAAlgorithm.from_jwk(json.dumps(jwk))
     assert isinstance(public, rsa.RSAPublicKey)
     assert public.public_numbers() == signing_key.public_key().public_numbers()
+
+
+def test_dev_bundle_has_a_private_codec_key_the_key_ring_loads(tmp_path: Path) -> None:
+    bundle = write_dev_bundle(tmp_path)
+    assert bundle.codec_key in bundle.files()
+    assert stat.S_IMODE(bundle.codec_key.stat().st_mode) == 0o600
+    assert len(base64.b64decode(bundle.codec_key.read_text(), validate=False)) == 32
+    # Exactly as deploy/dev/proxy.yaml names it (`file:` + base64 text).
+    ring = KeyRing.from_config({DEV_CODEC_KEY_ID: f"file:{bundle.codec_key}"})
+    assert ring.ids == (DEV_CODEC_KEY_ID,)
+    again = write_dev_bundle(tmp_path / "again")
+    assert again.codec_key.read_bytes() != bundle.codec_key.read_bytes()
 
 
 def test_ensure_dev_bundle_generates_only_when_absent(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 from prometheus_client import CollectorRegistry
 
-from proxy.app import build_claim_mapper
+from proxy.claims.build import build_claim_mapper
 from proxy.claims.idp import IdpClaimMapper, IssuerPolicy, RoleClaim
 from proxy.config import parse_config
 from proxy.errors import CredentialError, KeySourceError

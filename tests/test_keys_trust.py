@@ -22,7 +22,7 @@ import jwt as pyjwt
 import pytest
 from prometheus_client import CollectorRegistry
 
-from proxy.app import build_claim_mapper
+from proxy.claims.build import build_claim_mapper
 from proxy.config import Config, parse_config
 from proxy.dev.pki import CertificateAuthority
 from proxy.errors import ConfigError

@@ -63,7 +63,7 @@ from proxy.codec.payload import (
     NoNamespaceKeysError,
     PayloadCodec,
 )
-from proxy.config import CodecConfig, Config, CorsConfig
+from proxy.config import CodecConfig, CorsConfig, codec_requires_authorization
 from proxy.errors import ConfigError, CredentialError
 from proxy.interfaces import ClaimMapper, Logger
 from proxy.metrics import CodecMetrics
@@ -93,16 +93,6 @@ class _Op(enum.Enum):
     def __init__(self, path: str, role: Role) -> None:
         self.path = path
         self.role = role
-
-
-def codec_requires_authorization(cfg: Config) -> bool:
-    """`codec.requireAuthorization`, defaulting to "yes when JWT (or any claim mapper) is on"."""
-    if cfg.codec.require_authorization is not None:
-        return cfg.codec.require_authorization
-    az = cfg.authorization
-    has_jwt_keys = any(uri.strip() for uri in az.jwt_key_provider.key_source_uris)
-    # A plugin claim mapper is fail-closed too: it exists to check credentials.
-    return has_jwt_keys or az.claim_mapper.strip().lower() not in ("", "noop")
 
 
 def codec_routes(

@@ -35,6 +35,8 @@ _LEAF_LIFETIME = dt.timedelta(days=365)
 _ORGANIZATION = "temporal-auth-proxy dev"
 
 SPIFFE_DEV_CLIENT = "spiffe://dev.local/ns/default/sa/dev-client"
+# The key id of the dev bundle's codec key (`codec.keys` in deploy/dev/proxy.yaml).
+DEV_CODEC_KEY_ID = "dev"
 
 
 def generate_key(key_type: KeyType = "ec") -> PrivateKey:
@@ -318,6 +320,7 @@ class DevBundle:
     internode_key: Path
     jwt_key: Path
     jwks: Path
+    codec_key: Path  # base64 of 32 random bytes: the Codec Server's and the sample's AES key
     kid: str
 
     @classmethod
@@ -335,6 +338,7 @@ class DevBundle:
             internode_key=directory / "internode.key",
             jwt_key=directory / "jwt.key",
             jwks=directory / "jwks.json",
+            codec_key=directory / "codec.key",
             kid=kid,
         )
 
@@ -350,12 +354,13 @@ class DevBundle:
             self.internode_cert,
             self.internode_key,
             self.jwt_key,
+            self.codec_key,
             self.jwks,
         )
 
 
 def write_dev_bundle(out_dir: Path) -> DevBundle:
-    """Generate a fresh dev PKI and JWT signing key into `out_dir` (overwrites)."""
+    """Generate a fresh dev PKI, JWT signing key and codec key into `out_dir` (overwrites)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ca = CertificateAuthority.create("temporal-auth-proxy dev CA")
     loopback = ("127.0.0.1", "::1")
@@ -390,6 +395,7 @@ def write_dev_bundle(out_dir: Path) -> DevBundle:
     upstream.write(out_dir, "upstream")
     internode.write(out_dir, "internode")
     write_private(bundle.jwt_key, private_key_pem(signing_key))
+    write_private(bundle.codec_key, base64.b64encode(os.urandom(32)) + b"\n")
     # jwks.json goes last: ensure_dev_bundle treats a complete set of files as done.
     bundle.jwks.write_text(json.dumps(jwks, indent=2) + "\n")
     return bundle

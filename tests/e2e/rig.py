@@ -161,15 +161,32 @@ def make_pki(directory: Path) -> Pki:
 
 
 class TemporalDevServer:
-    def __init__(self, workdir: Path, namespaces: tuple[str, ...] = ("other",)) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        namespaces: tuple[str, ...] = ("other",),
+        *,
+        ui_port: int | None = None,
+        ui_codec_endpoint: str = "",
+    ) -> None:
+        """`ui_port`: also serve the Web UI there (loopback, no newsfeed fetch); headless
+        otherwise. `ui_codec_endpoint`: the UI's codec setting (`TEMPORAL_CODEC_ENDPOINT`)."""
         self.port = free_port()
         self.address = f"{LOOPBACK}:{self.port}"
         self.log_path = workdir / "temporal.log"
+        self.ui_port = ui_port
+        ui = (
+            ["--ui-ip", LOOPBACK, "--ui-port", str(ui_port), "--ui-disable-news-fetch"]
+            if ui_port is not None
+            else ["--headless"]
+        )
+        if ui_codec_endpoint:
+            ui += ["--ui-codec-endpoint", ui_codec_endpoint]
         args = [
             TEMPORAL,
             "server",
             "start-dev",
-            "--headless",
+            *ui,
             "--ip",
             LOOPBACK,
             "--port",
