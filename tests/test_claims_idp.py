@@ -387,7 +387,7 @@ async def test_the_global_audience_is_also_enforced() -> None:
 
 async def test_no_token_gives_empty_claims_like_temporals_mapper() -> None:
     claims = await std_mapper().get_claims(AuthInfo())
-    assert dict(claims.namespaces) == {} and claims.auth_type == "jwt"
+    assert dict(claims.namespaces) == {} and claims.auth_type == "none"  # no credential counted
 
 
 async def test_verified_tokens_are_cached_until_they_expire() -> None:

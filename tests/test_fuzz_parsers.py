@@ -153,7 +153,7 @@ SEGMENT = st.text(alphabet=string.ascii_letters + string.digits + "-_=+/.", max_
 def test_arbitrary_authorization_values_are_refused_with_credential_error(value: str) -> None:
     claims = claims_or_error(value)
     if value == "":
-        assert claims == Claims(auth_type="jwt")  # no token: empty claims, Temporal's rule
+        assert claims == Claims(auth_type="none")  # no token: empty claims, Temporal's rule
     else:
         assert claims is None
 

@@ -261,16 +261,18 @@ async def test_no_credentials_still_passes_the_health_apis() -> None:
     [(True, None), (False, PeerIdentity(subject="CN=worker-a", common_name="worker-a"))],
     ids=["require-client-auth", "verified-peer"],
 )
-async def test_certificate_without_token_gives_empty_jwt_claims(
+async def test_certificate_without_token_gives_empty_claims_labelled_none(
     always_verified: bool, peer: PeerIdentity | None
 ) -> None:
     h = Harness(peer_always_verified=always_verified)
     describe = DescribeNamespaceRequest(namespace="default").SerializeToString()
     verdict = await h.gate.check(method("DescribeNamespace"), describe, peer=peer)
     assert not verdict.allowed
-    assert verdict.claims == Claims(auth_type="jwt")
+    # Temporal's empty claims and reason; the label says no credential counted (issue 16).
+    assert verdict.claims == Claims(auth_type="none")
     assert verdict.result.reason is Reason.INSUFFICIENT_ROLE
-    assert h.decisions("deny", "insufficient_role", "jwt") == 1
+    assert h.decisions("deny", "insufficient_role", "none") == 1
+    assert h.decisions("deny", "insufficient_role", "jwt") == 0
     assert h.decisions("deny", "no_credentials", "none") == 0
 
 
@@ -443,7 +445,7 @@ async def test_claims_without_any_role_deny_without_reading_the_body(body: bytes
     h = Harness(peer_always_verified=True)  # a certificate, no token: empty claims
     verdict = await h.gate.check(method("StartWorkflowExecution"), body)
     assert verdict.result.reason is Reason.INSUFFICIENT_ROLE
-    assert verdict.claims == Claims(auth_type="jwt")
+    assert verdict.claims == Claims(auth_type="none")
     assert verdict.body_read is False
     assert h.log.named("request_malformed") == []
 

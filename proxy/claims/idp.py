@@ -199,7 +199,8 @@ class IdpClaimMapper:
         header = auth_info.token
         if not header:
             # As Temporal's mapper: a certificate without a token gets empty claims.
-            return Claims(auth_type=AUTH_TYPE)
+            # Labelled `none`: no credential counted (the decision and its reason are Temporal's).
+            return Claims(auth_type=AuthType.NONE.value)
         now = self._clock()
         claims = self._cache.lookup(header, auth_info.audience, now)
         if claims is None:

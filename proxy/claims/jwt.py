@@ -27,7 +27,7 @@ from proxy.claims.token import (
     signature_valid,
 )
 from proxy.interfaces import KeyProvider, Logger
-from proxy.model import SYSTEM_NAMESPACE, AuthInfo, Claims, Reason, Role
+from proxy.model import SYSTEM_NAMESPACE, AuthInfo, AuthType, Claims, Reason, Role
 
 AUTH_TYPE = "jwt"
 SUPPORTED_ALGORITHMS = frozenset({"RS256", "ES256"})
@@ -235,7 +235,8 @@ class DefaultJWTClaimMapper:
         header = auth_info.token
         if not header:
             # Only reachable with a client certificate and no token: empty claims, no error.
-            return Claims(auth_type=AUTH_TYPE)
+            # Labelled `none`: no credential counted (the decision and its reason are Temporal's).
+            return Claims(auth_type=AuthType.NONE.value)
         now = self._clock()
         claims = self._cache.lookup(header, auth_info.audience, now)
         if claims is None:
