@@ -319,8 +319,12 @@ class PolicyMetrics:
         if child is None:
             if pid not in self._ids:
                 if len(self._ids) >= MAX_POLICY_LABELS:
-                    return self._child(decision, OTHER_NAMESPACE)
-                self._ids.add(pid)
+                    pid = OTHER_NAMESPACE
+                    child = self._children.get((decision, pid))
+                    if child is not None:
+                        return child
+                else:
+                    self._ids.add(pid)
             child = self.decisions_total.labels(decision=decision, policy=pid)
             self._children[(decision, pid)] = child
         return child
