@@ -198,6 +198,11 @@ def _role_name(value: int) -> str:
 
 
 def resolve_method(name: str) -> MethodInfo:
+    if name.startswith("Codec/") or name.startswith(methods.CODEC_PREFIX):
+        # The Codec Server's operations, as a policy authorizer decides them.
+        info = methods.lookup_with_codec(methods.CODEC_PREFIX + name.rpartition("/")[2])
+        if info is not None:
+            return info
     if name.startswith("/"):
         info = methods.lookup(name)
         if info is not None:

@@ -502,10 +502,11 @@ CODEC_PREFIX = "/temporal_auth_proxy.Codec/"
 CODEC_ENCODE = CODEC_PREFIX + "Encode"
 CODEC_DECODE = CODEC_PREFIX + "Decode"
 CODEC_DOWNLOAD = CODEC_PREFIX + "Download"
+# The Codec Server hands the namespace over itself; `explain` encodes it as field 1.
 _CODEC: tuple[MethodInfo, ...] = (
-    _row(CODEC_PREFIX, "Encode", _NS, _W, None),
-    _row(CODEC_PREFIX, "Decode", _NS, _R, None),
-    _row(CODEC_PREFIX, "Download", _NS, _R, None),
+    _row(CODEC_PREFIX, "Encode", _NS, _W, 1),
+    _row(CODEC_PREFIX, "Decode", _NS, _R, 1),
+    _row(CODEC_PREFIX, "Download", _NS, _R, 1),
 )
 _CODEC_BY_NAME = MappingProxyType({m.full_name: m for m in _CODEC})
 
