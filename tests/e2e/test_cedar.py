@@ -71,7 +71,8 @@ forbid(
 forbid(
   principal,
   action in [Temporal::Action::"StartWorkflowExecution",
-             Temporal::Action::"SignalWithStartWorkflowExecution"],
+             Temporal::Action::"SignalWithStartWorkflowExecution",
+             Temporal::Action::"ExecuteMultiOperation"],
   resource
 ) when {{
   principal.subject == "batch-service" ||
