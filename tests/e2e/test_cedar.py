@@ -15,8 +15,12 @@ reloads. Shadow mode forwards what a new policy would deny and reports it with t
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import signal
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Awaitable
 from datetime import timedelta
@@ -365,3 +369,57 @@ async def test_shadow_mode_reports_what_a_new_policy_would_deny(
     assert sample(metrics, POLICY_DECISIONS, decision="deny", policy="no-schedule-deletes") == 1
     assert await code(client.count_workflows()) is None
     assert len(denials(proxy, "authz_would_deny")) == 1
+
+
+def codec_post(proxy: ProxyProcess, path: str, token: str) -> int:
+    payload = {"metadata": {"encoding": base64.b64encode(b"json/plain").decode()}, "data": ""}
+    req = urllib.request.Request(
+        f"{proxy.admin_url}{path}",
+        data=json.dumps({"payloads": [payload]}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+async def test_codec_server_decisions_go_through_the_policies(
+    start_proxy: Any, pki: Pki, tmp_path: Path
+) -> None:
+    write_policies(
+        tmp_path,
+        BASELINE
+        + '@id("decode-support-only")\n'
+        + 'forbid(principal, action in [Temporal::Action::"Codec/Decode"], resource)\n'
+        + 'unless { principal.claims.hasTag("groups") && '
+        + 'principal.claims.getTag("groups").contains("support") };\n',
+    )
+    proxy = start_proxy(
+        {
+            "authorization": jwt_authorization(
+                pki, authorizer="cedar", cedar=cedar_section(tmp_path)
+            ),
+            "codec": {
+                "enabled": True,
+                "keys": {"k": base64.b64encode(bytes(range(32))).decode()},
+                "encryptKeyId": "k",
+            },
+        }
+    )
+    reader = pki.token(f"{NS}:read", subject="reader")
+    support = pki.token(f"{NS}:read", subject="helper", extra_claims={"groups": ["support"]})
+    assert codec_post(proxy, f"/{NS}/decode", reader) == 403
+    assert codec_post(proxy, f"/{NS}/decode", support) == 200
+    assert codec_post(proxy, f"/{NS}/encode", support) == 403  # Temporal's roles: writer
+    [denied] = [
+        e
+        for e in proxy.events()
+        if e.get("event") == "codec_denied" and e.get("operation") == "decode"
+    ]
+    assert denied["policies"] == ["decode-support-only"]
+    assert denied["subject"] == "reader"
+    metrics = proxy.metrics()
+    assert sample(metrics, POLICY_DECISIONS, decision="deny", policy="decode-support-only") == 1
