@@ -22,6 +22,7 @@ from temporalio.api.workflowservice.v1 import DeleteScheduleRequest
 from proxy import methods
 from proxy.app import build
 from proxy.authz.cedar import CedarAuthorizer
+from proxy.authz.policies import PolicyStore, ReloadOutcome, load_schema
 from proxy.authz.policy_build import PolicyReloader, build_cedar_authorizer
 from proxy.claims.cert import CertificateClaimMapper, CertificateRule
 from proxy.claims.chain import ChainClaimMapper
@@ -509,3 +510,29 @@ async def test_the_gate_and_the_reloader_share_one_store(tmp_path: Path) -> None
     app = build(config(tmp_path), logger=EventLog())
     assert isinstance(app.gate._authorizer, CedarAuthorizer)
     assert app.policies is not None and app.policies.store is app.gate._authorizer.store
+
+
+class _BrokenStore(PolicyStore):
+    """A store whose reload has a bug (not a bad file): raises something unexpected."""
+
+    def reload(self) -> ReloadOutcome:
+        raise RuntimeError("bug in reload")
+
+
+async def test_a_reload_that_raises_is_a_counted_failure_not_a_crash(tmp_path: Path) -> None:
+    write(tmp_path)
+    registry = CollectorRegistry()
+    metrics = PolicyMetrics(registry)
+    store = _BrokenStore([str(tmp_path / "policies" / "*.cedar")], load_schema(""))
+    log = EventLog()
+    reloader = PolicyReloader(
+        store, interval=0, logger=log, on_loaded=metrics.loaded, on_reload=metrics.on_reload
+    )
+    outcome = await reloader.reload()  # as the SIGHUP task runs it: must not raise
+    assert outcome is not None and not outcome.ok
+    assert "bug in reload" in outcome.error
+    assert store.current.generation == 1
+    [failed] = log.named("policies_reload_failed")
+    assert "RuntimeError" in failed["error"]
+    labels = {"result": "failure"}
+    assert registry.get_sample_value("temporal_auth_proxy_policy_reload_total", labels) == 1

@@ -98,9 +98,14 @@ class PolicyReloader:
     async def reload(self, *, force: bool = True) -> ReloadOutcome | None:
         """SIGHUP (`force`): always rebuild. Polling: only when a file changed."""
         async with self._lock:
-            if not force and not await asyncio.to_thread(self._store.changed):
-                return None
-            outcome = await asyncio.to_thread(self._store.reload)
+            try:
+                if not force and not await asyncio.to_thread(self._store.changed):
+                    return None
+                outcome = await asyncio.to_thread(self._store.reload)
+            except Exception as exc:  # a bug must not end the app's TaskGroup (SIGHUP task)
+                outcome = ReloadOutcome(
+                    ok=False, generation=self._store.current.generation, error=repr(exc)
+                )
         snapshot = self._store.current
         if outcome.ok:
             self._log.info(
@@ -131,7 +136,4 @@ class PolicyReloader:
             return
         while True:
             await asyncio.sleep(self._interval)
-            try:
-                await self.reload(force=False)
-            except Exception as exc:  # never let the loop (and the TaskGroup) die
-                self._log.warning("policies_reload_failed", error=repr(exc))
+            await self.reload(force=False)
