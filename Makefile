@@ -77,10 +77,13 @@ e2e: $(STAMP) $(TS_STAMP) browser
 protos: $(STAMP)
 	$(BIN)/python protos/generate.py
 
-## make bench: direct vs this proxy (full, noop, 2 workers) vs nginx vs a bare grpc.aio relay
+## make bench: direct vs this proxy (full, noop, 2 workers) vs nginx vs a bare grpc.aio relay;
+## then the Cedar authorizer's CPU per call (bench/cedar_authz.py)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -c $(LOCK) -e '.[bench]'
 	$(BIN)/python bench/run.py
+	@# Stage 2, in process (about a minute): CPU per call of authorizer: cedar, 20 policies.
+	mkdir -p bench/results && $(BIN)/python bench/cedar_authz.py --json bench/results/cedar_authz.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -13,6 +13,11 @@ a Temporal-shaped mix of calls. Scenarios:
 - cedar-new-namespace: a caller naming a new namespace every call (policy-only lets any
   credentialed caller reach Cedar with any namespace): the entity-set cache misses;
 - default-and-policy: DefaultAuthorizer AND Cedar, cached, the mix.
+- wired-policy-only / wired-default-and-policy: the authorizer as `serve` builds it from
+  `authorization.cedar` (build_authorizer, the metrics hook counting each decision by policy
+  id), cached, the mix: what `authorizer: cedar` costs a call in the proxy.
+- peer-attach: the per-call step a token claim mapper adds under cedar (`Claims.peer` from
+  the connection's certificate; token claims are copied once per verified token).
 
 Bounded: `--calls` per repetition and `--max-seconds` for the whole run.
 
@@ -33,15 +38,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from prometheus_client import CollectorRegistry
 from temporalio.api.common.v1 import message_pb2 as common
 from temporalio.api.taskqueue.v1 import message_pb2 as taskqueue
 from temporalio.api.workflowservice.v1 import request_response_pb2 as rr
 
 from proxy.authz import DefaultAuthorizer
+from proxy.authz.build import build_authorizer
 from proxy.authz.cedar import CedarAuthorizer, Combine
 from proxy.authz.policies import PolicyStore, load_schema
+from proxy.claims.exposed import PeerAttacher
+from proxy.config import parse_config
 from proxy.interfaces import Authorizer
 from proxy.methods import HEALTH_CHECK_APIS, lookup
+from proxy.metrics import PolicyMetrics
 from proxy.model import CallTarget, Claims, PeerIdentity, Role
 
 POLICIES = Path(__file__).resolve().parent / "cedar" / "policies.cedar"
@@ -160,6 +170,33 @@ def new_namespaces(n: int, who: dict[str, Claims]) -> Workload:
     ]
 
 
+def wired(combine: str) -> Authorizer:
+    """The Cedar authorizer exactly as the composition root builds it from config."""
+    cfg = parse_config(
+        {
+            "upstream": {"address": "127.0.0.1:1"},
+            "authorization": {
+                "authorizer": "cedar",
+                "claimMapper": "noop",
+                "cedar": {"policyFiles": [str(POLICIES)], "combine": combine},
+            },
+        }
+    )
+    return build_authorizer(cfg, observe=PolicyMetrics(CollectorRegistry()).observe)
+
+
+class _PeerAttaching:
+    """Times PeerAttacher.attach per call (a token mapper's added step under cedar)."""
+
+    def __init__(self) -> None:
+        self._attacher = PeerAttacher()
+        self._peer = PeerIdentity(subject="CN=w", common_name="w")
+
+    async def authorize(self, claims: Claims | None, target: CallTarget) -> Any:
+        assert claims is not None
+        return self._attacher.attach(claims, self._peer)
+
+
 async def _run(authorizer: Authorizer, calls: Workload) -> float:
     """CPU seconds per call (process time: what the proxy's one core would spend)."""
     started = time.process_time()
@@ -201,6 +238,9 @@ def main() -> int:
             lambda: cedar(True, Combine.DEFAULT_AND_POLICY),
             lambda n: mix(n, who),
         ),
+        ("wired-policy-only", lambda: wired("policy-only"), lambda n: mix(n, who)),
+        ("wired-default-and-policy", lambda: wired("default-and-policy"), lambda n: mix(n, who)),
+        ("peer-attach", _PeerAttaching, lambda n: mix(n, who)),
     ]
     deadline = time.monotonic() + args.max_seconds
     results: dict[str, Any] = {"policies": 20, "calls": args.calls, "scenarios": {}}

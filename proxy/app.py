@@ -27,6 +27,7 @@ from proxy.admin import (
 )
 from proxy.audit import build_audit_log
 from proxy.authz.build import build_authorizer
+from proxy.authz.policy_build import PolicyReloader, build_policy_reloader
 from proxy.claims.build import build_claim_mapper
 from proxy.codec.build import build_codec_routes
 from proxy.config import Config
@@ -37,7 +38,7 @@ from proxy.interfaces import Logger
 from proxy.keys.build import build_key_provider
 from proxy.keys.idp import IdpKeys
 from proxy.keys.jwks import JwksKeyProvider
-from proxy.metrics import ProxyMetrics, build_proxy_metrics, multiprocess_dir
+from proxy.metrics import PolicyMetrics, ProxyMetrics, build_proxy_metrics, multiprocess_dir
 from proxy.ratelimit import build_rate_limiter
 from proxy.tls.credentials import FrontendCredentials, channel_credentials
 from proxy.tls.material import ClientMaterial, load_tls_materials
@@ -70,6 +71,7 @@ class App:
     pool: UpstreamPool
     handler: ForwardingHandler
     admin: web.Application | None = None
+    policies: PolicyReloader | None = None  # authorizer: cedar
     server: grpc.aio.Server | None = None
     port: int = 0
     listening: bool = False
@@ -186,6 +188,8 @@ class App:
                     loop.add_signal_handler(
                         signal.SIGHUP, lambda: tg.create_task(self.reload_tls(), name="sighup")
                     )
+                if self.policies is not None:
+                    self._watch_policies(loop, tg, self.policies)
                 if self.keys is not None:
                     tg.create_task(self._keys_loop(), name="jwks")
                 if self.server is None:
@@ -203,6 +207,20 @@ class App:
             if runner is not None:
                 await runner.cleanup()
             await self.pool.close(0)
+
+    def _watch_policies(
+        self, loop: asyncio.AbstractEventLoop, tg: asyncio.TaskGroup, policies: PolicyReloader
+    ) -> None:
+        """Policy files: polled for changes, and re-read on SIGHUP (beside the TLS reload)."""
+        tg.create_task(policies.run(), name="policy-reload")
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(
+                signal.SIGHUP,
+                lambda: (
+                    tg.create_task(self.reload_tls(), name="sighup"),
+                    tg.create_task(policies.reload(), name="sighup-policies"),
+                ),
+            )
 
     async def start_admin(self) -> web.AppRunner:
         assert self.admin is not None
@@ -349,11 +367,23 @@ def build(cfg: Config, *, logger: Logger, registry: CollectorRegistry | None = N
     )
     keys = build_key_provider(cfg, metrics, logger)
     mapper = build_claim_mapper(cfg, keys, logger)
+    # authorizer: cedar: decisions counted by policy id; the policy files reloaded.
+    policy_metrics = PolicyMetrics(registry) if cfg.authorization.authorizer == "cedar" else None
+    authorizer = build_authorizer(
+        cfg, observe=policy_metrics.observe if policy_metrics is not None else None
+    )
+    policies = build_policy_reloader(
+        cfg,
+        authorizer,
+        logger=logger,
+        on_loaded=policy_metrics.loaded if policy_metrics is not None else None,
+        on_reload=policy_metrics.on_reload if policy_metrics is not None else None,
+    )
     require_client_auth = frontend is not None and frontend.require_client_auth
     gate = build_gate(
         cfg,
         claim_mapper=mapper,
-        authorizer=build_authorizer(cfg),
+        authorizer=authorizer,
         metrics=metrics,
         logger=logger,
         peer_always_verified=require_client_auth,
@@ -392,10 +422,11 @@ def build(cfg: Config, *, logger: Logger, registry: CollectorRegistry | None = N
         gate=gate,
         pool=pool,
         handler=handler,
+        policies=policies,
     )
     app.admin = build_admin_app(
         registry=metrics_registry(registry, multiprocess_dir()),
         readiness=app.readiness,
-        extra_routes=build_codec_routes(cfg, mapper, registry, logger),
+        extra_routes=build_codec_routes(cfg, mapper, registry, logger, authorizer=authorizer),
     )
     return app

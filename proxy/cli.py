@@ -167,6 +167,16 @@ def cmd_dev_token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _attributes(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError("--attribute", f"expected NAME=VALUE, got {item!r}")
+        out[name] = value
+    return out
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
@@ -180,7 +190,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
             token = Path(args.token_file).read_text().strip()
         cert = Path(args.cert).read_bytes() if args.cert else None
         result = asyncio.run(
-            explain(cfg, method=args.method, namespace=args.namespace, token=token, cert_pem=cert)
+            explain(
+                cfg,
+                method=args.method,
+                namespace=args.namespace,
+                token=token,
+                cert_pem=cert,
+                attributes=_attributes(args.attribute or []),
+            )
         )
     except (ConfigError, OSError) as exc:
         print(f"explain: {exc}", file=sys.stderr)
@@ -234,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cert", default="", help="the client certificate (PEM) the caller presents")
     p.add_argument("--method", required=True, help="e.g. StartWorkflowExecution or a full path")
     p.add_argument("--namespace", default="")
+    p.add_argument(
+        "--attribute",
+        action="append",
+        help="a request attribute for policies, e.g. workflowId=Payment-1 (repeatable)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_explain)
     return parser

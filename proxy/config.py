@@ -177,7 +177,7 @@ class IdpConfig:
 # The built-in names (`module.path:Factory` names a plugin). A new built-in claim mapper starts
 # here: its name, its section below, its checks in `_validate_identity`; then claims/build.py.
 CLAIM_MAPPERS = ("default", "noop", "cert", "chain", "idp")
-AUTHORIZERS = ("default", "noop")
+AUTHORIZERS = ("default", "noop", "cedar")
 
 
 def builtin_name(value: str, names: tuple[str, ...]) -> str:
@@ -187,6 +187,19 @@ def builtin_name(value: str, names: tuple[str, ...]) -> str:
     if lowered == "":
         return "noop"
     return lowered if lowered in names else value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CedarConfig:
+    """Ours, opt-in (`authorizer: cedar`): Cedar policies narrowing (or replacing) the roles."""
+
+    policy_files: tuple[str, ...] = ()  # globs; every match is loaded, each must match a file
+    schema_file: str = ""  # "": the schema the proxy ships (proxy/authz/temporal.cedarschema)
+    combine: Literal["default-and-policy", "policy-only"] = "default-and-policy"
+    # Verified token claims copied into the principal (`principal.claims` tags), e.g. groups.
+    token_claims: tuple[str, ...] = ()
+    # How often the policy files are checked for changes (mtime/size); 0s: only on SIGHUP.
+    reload_interval: float = field(default=5.0, metadata=_kind("duration"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -208,6 +221,7 @@ class AuthorizationConfig:
     certificate_rules: tuple[CertificateRuleConfig, ...] = ()
     chain: ChainConfig = field(default_factory=ChainConfig)
     idp: IdpConfig = field(default_factory=IdpConfig)
+    cedar: CedarConfig = field(default_factory=CedarConfig)
 
     def __post_init__(self) -> None:
         # Normalized once, here, however the config was made: every dispatch compares exactly.
@@ -680,6 +694,7 @@ def _validate(cfg: Config) -> None:
         "authorization.jwtKeyProvider", kp.root_ca_files, kp.root_ca_data, kp.key_source_uris
     )
     _validate_identity(cfg)
+    _validate_cedar(az)
     if cfg.admin.tls.enabled and not (cfg.admin.tls.cert_file and cfg.admin.tls.key_file):
         raise ConfigError("admin.tls", "needs both certFile and keyFile")
     if cfg.admin.max_connections < 1:
@@ -803,6 +818,34 @@ def validate_codec_exposure(cfg: Config) -> None:
 
 
 _CHAIN_MEMBERS = ("cert", "jwt", "idp")
+
+
+def _validate_cedar(az: AuthorizationConfig) -> None:
+    """The keys; the files themselves are loaded and validated by the authorizer's builder."""
+    cedar = az.cedar
+    if az.authorizer != "cedar":
+        if cedar != CedarConfig():
+            # Policies that are written but never consulted would be a silent hole.
+            raise ConfigError(
+                "authorization.cedar", "is set but authorization.authorizer is not cedar"
+            )
+        return
+    if not [p for p in cedar.policy_files if p.strip()]:
+        raise ConfigError(
+            "authorization.cedar.policyFiles", "authorizer cedar needs at least one file"
+        )
+    for i, pattern in enumerate(cedar.policy_files):
+        if not pattern.strip():
+            raise ConfigError(f"authorization.cedar.policyFiles[{i}]", "must not be empty")
+    for i, name in enumerate(cedar.token_claims):
+        if not name.strip() or name != name.strip():
+            raise ConfigError(
+                f"authorization.cedar.tokenClaims[{i}]", "must be a claim name without spaces"
+            )
+    if len(set(cedar.token_claims)) != len(cedar.token_claims):
+        raise ConfigError("authorization.cedar.tokenClaims", "lists a claim twice")
+    if cedar.reload_interval < 0:
+        raise ConfigError("authorization.cedar.reloadInterval", "must not be negative")
 
 
 def identity_members(az: AuthorizationConfig) -> frozenset[str]:

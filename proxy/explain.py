@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from proxy import methods
 from proxy.authz import required_role
 from proxy.authz.build import build_authorizer
+from proxy.authz.cedar import CedarAuthorizer, CedarExplanation
 from proxy.claims.build import build_claim_mapper
 from proxy.config import Config
 from proxy.errors import ConfigError
@@ -27,7 +28,7 @@ from proxy.methods import (
     WORKFLOW_SERVICE_PREFIX,
 )
 from proxy.metrics import build_proxy_metrics
-from proxy.model import Claims, MethodInfo, PeerIdentity, Reason, Role, Scope
+from proxy.model import CallTarget, Claims, MethodInfo, PeerIdentity, Reason, Result, Role, Scope
 from proxy.tls.peer import identity_from_pem
 from proxy.wire.write import encode_len_field
 
@@ -65,12 +66,27 @@ class Explanation:
     details: list[str] = field(default_factory=list)
     # Key sources that could not be loaded here: {"source": key path, "issuer", "error"}.
     key_failures: list[dict[str, str]] = field(default_factory=list)
+    # authorizer: cedar: the Cedar request and decisions (None with other authorizers).
+    cedar: dict[str, Any] | None = None
 
     @property
     def allowed(self) -> bool:
         return self.decision == "allow"
 
     def as_dict(self) -> dict[str, Any]:
+        out = self._as_dict()
+        c = self.claims
+        if self.cedar is not None:  # authorizer: cedar only, so other outputs keep their shape
+            out["cedar"] = self.cedar
+            if c is not None and out["claims"] is not None:
+                # What the policies see besides the roles.
+                out["claims"]["token_claims"] = {
+                    k: list(v) for k, v in sorted(c.token_claims.items())
+                }
+                out["claims"]["certificate"] = c.peer.subject if c.peer is not None else None
+        return out
+
+    def _as_dict(self) -> dict[str, Any]:
         c = self.claims
         return {
             "method": self.method,
@@ -109,8 +125,13 @@ class Explanation:
             for ns, role in sorted(c.namespaces.items()):
                 ignored = "" if ns else ", ignored: the empty namespace grants nothing"
                 lines.append(f"ns role:   {ns!r} = {int(role)} ({_role_name(int(role))}{ignored})")
+            for name, values in sorted(c.token_claims.items()):
+                lines.append(f"claim:     {name} = {json.dumps(list(values))}")
+            if c.peer is not None:
+                lines.append(f"cert:      {c.peer.subject}")
         lines.append(f"decision:  {self.decision.upper()} ({self.reason})")
         lines.append(f"rule:      {self.rule}")
+        lines.extend(_cedar_lines(self.cedar))
         lines.extend(f"detail:    {d}" for d in self.details)
         lines.extend(f"keys:      not loaded: {_describe_failure(f)}" for f in self.key_failures)
         return "\n".join(lines)
@@ -124,12 +145,64 @@ _ROLE_NAMES = (
 )
 
 
+def _result_dict(result: Result | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    return {
+        "decision": result.decision.value,
+        "reason": result.reason.value,
+        "policies": list(result.policies),
+    }
+
+
+def _cedar_dict(x: CedarExplanation, combine: str) -> dict[str, Any]:
+    return {
+        "combine": combine,
+        "action": x.action,
+        "resource": x.resource,
+        "context": dict(x.context),
+        "default": _result_dict(x.default),
+        "policy": _result_dict(x.cedar),
+        "generation": x.generation,
+    }
+
+
+def _cedar_lines(cedar: dict[str, Any] | None) -> list[str]:
+    if cedar is None:
+        return []
+    lines = [
+        f"cedar:     {cedar['combine']}, policy set generation {cedar['generation']}",
+        f"action:    Temporal::Action::{json.dumps(cedar['action'])}",
+        f"resource:  {cedar['resource'] or '-'}",
+        f"context:   {json.dumps(cedar['context'], sort_keys=True)}",
+    ]
+    for label, part in (("default:", cedar["default"]), ("policies:", cedar["policy"])):
+        if part is None:
+            continue
+        ids = ", ".join(part["policies"])
+        if part["reason"] == "policy_denied" and not ids:
+            why = "no permit matched"
+        elif part["decision"] == "deny" and ids:
+            why = f"forbidden by {ids}"
+        elif ids:
+            why = f"permitted by {ids}"
+        else:
+            why = part["reason"]
+        lines.append(f"{label:<10} {part['decision'].upper()} ({why})")
+    return lines
+
+
 def _role_name(value: int) -> str:
     names = [name for role, name in _ROLE_NAMES if value & role]
     return "+".join(names) if names else "none"
 
 
 def resolve_method(name: str) -> MethodInfo:
+    if name.startswith("Codec/") or name.startswith(methods.CODEC_PREFIX):
+        # The Codec Server's operations, as a policy authorizer decides them.
+        info = methods.lookup_with_codec(methods.CODEC_PREFIX + name.rpartition("/")[2])
+        if info is not None:
+            return info
     if name.startswith("/"):
         info = methods.lookup(name)
         if info is not None:
@@ -143,10 +216,26 @@ def resolve_method(name: str) -> MethodInfo:
     raise ConfigError("--method", f"unknown method {name!r}")
 
 
-def _request_for(info: MethodInfo, namespace: str) -> bytes:
-    if info.namespace_field is None or not namespace:
-        return b""
-    return encode_len_field(info.namespace_field, namespace.encode())
+def _request_for(
+    info: MethodInfo, namespace: str, attributes: dict[str, str] | None = None
+) -> bytes:
+    """A request carrying the namespace and the given request attributes (for policies)."""
+    out = b""
+    if info.namespace_field is not None and namespace:
+        out = encode_len_field(info.namespace_field, namespace.encode())
+    paths = dict(info.attributes)
+    for name, value in (attributes or {}).items():
+        path = paths.get(name)
+        if path is None:
+            known = ", ".join(paths) or "none"
+            raise ConfigError(
+                "--attribute", f"{info.short_name} carries no {name!r} (it has: {known})"
+            )
+        field_bytes = value.encode()
+        for number in reversed(path):
+            field_bytes = encode_len_field(number, field_bytes)
+        out += field_bytes
+    return out
 
 
 def _rule(info: MethodInfo, verdict: Verdict, required: int | None) -> str:
@@ -160,6 +249,11 @@ def _rule(info: MethodInfo, verdict: Verdict, required: int | None) -> str:
         return "no token and no verified certificate: anonymous calls are denied"
     if reason == "unknown_method":
         return "methods outside Temporal's table are denied, even for a system admin"
+    if reason == "policy_denied":
+        ids = ", ".join(verdict.result.policies)
+        return f"Cedar policies: forbidden by {ids}" if ids else "Cedar policies: no permit matched"
+    if reason == "allowed" and verdict.result.policies:
+        return "Cedar policies: permitted by " + ", ".join(verdict.result.policies)
     if claims is not None and required is not None and reason in ("allowed", "insufficient_role"):
         ns = verdict.namespace
         if info.scope is Scope.CLUSTER:
@@ -207,9 +301,16 @@ def _describe_failure(failure: dict[str, str]) -> str:
 
 
 async def explain(
-    cfg: Config, *, method: str, namespace: str, token: str = "", cert_pem: bytes | None = None
+    cfg: Config,
+    *,
+    method: str,
+    namespace: str,
+    token: str = "",
+    cert_pem: bytes | None = None,
+    attributes: dict[str, str] | None = None,
 ) -> Explanation:
     info = resolve_method(method)
+    request = _request_for(info, namespace, attributes)
     capture = _Capture()
     # The same builders as `serve`; the metrics go to a registry nobody reads.
     metrics = build_proxy_metrics(cfg, CollectorRegistry())
@@ -219,10 +320,11 @@ async def explain(
         # As `serve`, one source that cannot be loaded does not stop the others from deciding.
         await keys.refresh()
         failures = _key_failures(keys)
+    authorizer = build_authorizer(cfg)
     gate = build_gate(
         cfg,
         claim_mapper=build_claim_mapper(cfg, keys, capture),
-        authorizer=build_authorizer(cfg),
+        authorizer=authorizer,
         metrics=metrics,
         logger=capture,
         # Under requireClientAuth every real caller has a verified certificate.
@@ -235,7 +337,7 @@ async def explain(
         if peer is None:
             raise ConfigError("--cert", "is not a PEM certificate")
     header = token if not token or " " in token else f"Bearer {token}"
-    verdict = await gate.check(info, _request_for(info, namespace), token=header, peer=peer)
+    verdict = await gate.check(info, request, token=header, peer=peer)
     if verdict.result.reason is Reason.NO_KEYS and keys is not None:
         # The token needs keys this machine could not load: `serve`, which may reach the key
         # source, could decide otherwise, so there is no decision to show.
@@ -255,6 +357,12 @@ async def explain(
         for e in capture.events
         if e["event"] == "permission_ignored"
     ]
+    cedar: dict[str, Any] | None = None
+    if isinstance(authorizer, CedarAuthorizer) and verdict.body_read:
+        target = CallTarget(api_name=info.full_name, namespace=verdict.namespace, request=request)
+        cedar = _cedar_dict(
+            await authorizer.explain(verdict.claims, target), cfg.authorization.cedar.combine
+        )
     return Explanation(
         method=info.full_name,
         scope=info.scope.value,
@@ -267,6 +375,7 @@ async def explain(
         rule=_rule(info, verdict, required),
         details=details,
         key_failures=failures,
+        cedar=cedar,
     )
 
 

@@ -182,6 +182,12 @@ class Gate:
             result.decision, result.reason, auth_type, self._mode, namespace
         ).inc()
         if result.decision is not Decision.ALLOW:
+            # Cedar: the ids of the policies that denied (none: no `permit` matched).
+            decided = (
+                {"policies": list(result.policies)}
+                if result.policies or result.reason is Reason.POLICY_DENIED
+                else {}
+            )
             self._log.warning(
                 "authz_denied" if self._mode == "enforce" else "authz_would_deny",
                 subject=claims.subject if claims is not None else "",
@@ -190,6 +196,7 @@ class Gate:
                 namespace=namespace,
                 reason=result.reason.value,
                 mode=self._mode,
+                **decided,
             )
             if self._mode == "shadow":
                 return Verdict(

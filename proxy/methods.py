@@ -492,3 +492,32 @@ def all_methods() -> tuple[MethodInfo, ...]:
     """Every row of the table (WorkflowService, OperatorService, known AdminService names,
     NexusService, Health/Check), in a stable order."""
     return _ALL
+
+
+# The Codec Server's operations (HTTP, never forwarded over gRPC): rows so that a policy
+# authorizer (Cedar) decides them as it decides calls, with the roles today's codec asks for
+# (decode and download read, encode write). Not in all_methods(): no metric labels, never
+# forwarded, unknown to the default authorizer.
+CODEC_PREFIX = "/temporal_auth_proxy.Codec/"
+CODEC_ENCODE = CODEC_PREFIX + "Encode"
+CODEC_DECODE = CODEC_PREFIX + "Decode"
+CODEC_DOWNLOAD = CODEC_PREFIX + "Download"
+# The Codec Server hands the namespace over itself; `explain` encodes it as field 1.
+_CODEC: tuple[MethodInfo, ...] = (
+    _row(CODEC_PREFIX, "Encode", _NS, _W, 1),
+    _row(CODEC_PREFIX, "Decode", _NS, _R, 1),
+    _row(CODEC_PREFIX, "Download", _NS, _R, 1),
+)
+_CODEC_BY_NAME = MappingProxyType({m.full_name: m for m in _CODEC})
+
+
+def codec_methods() -> tuple[MethodInfo, ...]:
+    return _CODEC
+
+
+def lookup_with_codec(full_name: str) -> MethodInfo | None:
+    """`lookup`, plus the Codec Server's operations (for policy authorizers)."""
+    info = _BY_FULL_NAME.get(full_name)
+    if info is not None:
+        return info
+    return _CODEC_BY_NAME.get(full_name) or _lookup_slow(full_name)

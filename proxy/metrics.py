@@ -10,7 +10,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from proxy import methods
 from proxy.config import Config
-from proxy.model import Decision, Reason
+from proxy.model import Decision, Reason, Result
 
 PREFIX = "temporal_auth_proxy_"
 OTHER_NAMESPACE = "_other_"
@@ -271,3 +271,77 @@ def build_proxy_metrics(cfg: Config, registry: CollectorRegistry) -> ProxyMetric
         ),
         namespace_labels=cfg.metrics.namespace_labels,
     )
+
+
+# `policy` label for a Cedar decision no policy made: no `permit` matched (Cedar's default deny).
+NO_POLICY = "(none)"
+# Policy ids are label values; they come from the policy files, and every id ever loaded keeps
+# its series (counters must not go backwards). Past this many, further ids count as `_other_`,
+# so even endless reloads with new ids keep the label set bounded.
+MAX_POLICY_LABELS = 1000
+
+
+class PolicyMetrics:
+    """Cedar: decisions by deciding policy id, reloads, and the size of the active set."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.decisions_total = Counter(
+            PREFIX + "policy_decisions_total",
+            "Cedar decisions by decision and deciding policy id ((none): no policy matched).",
+            ("decision", "policy"),
+            registry=registry,
+        )
+        self.reload_total = Counter(
+            PREFIX + "policy_reload_total",
+            "Policy reloads (file change or SIGHUP), by result; a failure keeps the old set.",
+            ("result",),
+            registry=registry,
+        )
+        self.policies = Gauge(
+            PREFIX + "policies",
+            "Policies in the active Cedar policy set.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        for result in ("success", "failure"):
+            self.reload_total.labels(result=result)
+        self._children: dict[tuple[str, str], Counter] = {}
+        self._ids: set[str] = set()
+
+    def known(self, policy_ids: Iterable[str]) -> None:
+        """Create the series of a loaded set's ids at 0, so a never-matching policy shows."""
+        for pid in policy_ids:
+            for decision in Decision:
+                self._child(decision.value, pid)
+
+    def _child(self, decision: str, pid: str) -> Counter:
+        child = self._children.get((decision, pid))
+        if child is None:
+            if pid not in self._ids:
+                if len(self._ids) >= MAX_POLICY_LABELS:
+                    pid = OTHER_NAMESPACE
+                    child = self._children.get((decision, pid))
+                    if child is not None:
+                        return child
+                else:
+                    self._ids.add(pid)
+            child = self.decisions_total.labels(decision=decision, policy=pid)
+            self._children[(decision, pid)] = child
+        return child
+
+    def decided(self, decision: Decision, policy_ids: tuple[str, ...]) -> None:
+        for pid in policy_ids or (NO_POLICY,):
+            self._child(decision.value, pid).inc()
+
+    def observe(self, result: Result) -> None:
+        """The Cedar authorizer's `observe` hook: one decision of the policies."""
+        self.decided(result.decision, result.policies)
+
+    def loaded(self, policy_ids: Iterable[str]) -> None:
+        """A set became active (startup or reload): its size, and its ids' series at 0."""
+        ids = tuple(policy_ids)
+        self.policies.set(len(ids))
+        self.known(ids)
+
+    def on_reload(self, success: bool) -> None:
+        self.reload_total.labels(result="success" if success else "failure").inc()

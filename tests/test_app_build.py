@@ -28,14 +28,19 @@ ROOT = Path(__file__).resolve().parent.parent
 KEY = base64.b64encode(b"k" * 32).decode()
 
 
-def full_config() -> Config:
+def full_config(policy_dir: Path) -> Config:
     """Every optional part that registers metrics switched on."""
+    (policy_dir / "all.cedar").write_text("permit(principal, action, resource);\n")
     return parse_config(
         {
             "listen": {"address": "127.0.0.1:0"},
             "upstream": {"address": "127.0.0.1:7233"},
             "admin": {"address": "127.0.0.1:0"},
-            "authorization": {"claimMapper": "noop", "authorizer": "noop"},
+            "authorization": {
+                "claimMapper": "noop",
+                "authorizer": "cedar",
+                "cedar": {"policyFiles": [str(policy_dir / "*.cedar")]},
+            },
             "codec": {"enabled": True, "keys": {"k": KEY}, "encryptKeyId": "k"},
             "rateLimits": {"enabled": True, "perSubject": {"rate": 10}},
             "audit": {"enabled": True, "sink": "stdout"},
@@ -73,9 +78,11 @@ def readme_metrics() -> dict[str, str]:
     return rows
 
 
-async def test_readme_metrics_table_lists_exactly_what_a_full_proxy_exports() -> None:
+async def test_readme_metrics_table_lists_exactly_what_a_full_proxy_exports(
+    tmp_path: Path,
+) -> None:
     registry = CollectorRegistry()
-    app = build(full_config(), logger=get_logger(), registry=registry)
+    app = build(full_config(tmp_path), logger=get_logger(), registry=registry)
     runner = await app.start_admin()  # the admin listener's metrics exist once it listens
     try:
         exported = registered(registry)

@@ -148,7 +148,9 @@ def test_an_unknown_name_is_reported_as_written() -> None:
     with pytest.raises(ConfigError) as caught:
         config(authorizer="Strict")
     assert caught.value.path == "authorization.authorizer"
-    assert "unknown value 'Strict' (default, noop or module.path:Factory)" in str(caught.value)
+    assert "unknown value 'Strict' (default, noop, cedar or module.path:Factory)" in str(
+        caught.value
+    )
 
 
 # -------------------------------------------------------------------------- build_claim_mapper

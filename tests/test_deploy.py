@@ -67,6 +67,14 @@ EXPORTED_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     ),
     "temporal_auth_proxy_calls_rejected_total": ("counter", frozenset({"reason"})),
     "temporal_auth_proxy_calls_abandoned_total": ("counter", frozenset()),
+    # authorization.authorizer: cedar (registered only then). `policy` is a policy id from the
+    # operator's files (bounded by config), "(none)" or "_other_".
+    "temporal_auth_proxy_policy_decisions_total": (
+        "counter",
+        frozenset({"decision", "policy"}),
+    ),
+    "temporal_auth_proxy_policy_reload_total": ("counter", frozenset({"result"})),
+    "temporal_auth_proxy_policies": ("gauge", frozenset()),
 }
 # Label values from closed sets (DESIGN.md); an equality matcher on these must use one.
 CLOSED_LABEL_VALUES: dict[str, frozenset[str]] = {
@@ -950,6 +958,7 @@ def test_exported_metric_table_matches_the_code() -> None:
     registry = CollectorRegistry()
     metrics.ProxyMetrics(registry, method_names=(), namespace_labels=())
     metrics.CodecMetrics(registry)
+    metrics.PolicyMetrics(registry)
     admin.AdminMetrics(registry)
     found: dict[str, tuple[str, frozenset[str]]] = {}
     for collector in list(registry._collector_to_names):

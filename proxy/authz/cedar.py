@@ -196,7 +196,10 @@ class CedarAuthorizer:
         lookup: Callable[[str], MethodInfo | None] = table_lookup,
         health_apis: frozenset[str] = HEALTH_CHECK_APIS,
         cache: bool = True,
+        observe: Callable[[Result], None] | None = None,
     ) -> None:
+        """`observe` sees every decision the policies made (not the default's, nor errors):
+        the composition root counts them by policy id."""
         if combine is Combine.DEFAULT_AND_POLICY and default is None:
             raise ValueError("default-and-policy needs the default authorizer")
         self._store = store
@@ -206,6 +209,7 @@ class CedarAuthorizer:
         self._lookup = lookup
         self._health = frozenset(health_apis)
         self._cache = cache
+        self._observe = observe
         self.stats = CedarStats()
         self._actions: dict[str, tuple[MethodInfo, dict[str, str]] | None] = {}
         self._by_identity: dict[int, tuple[Claims, _Principal]] = {}
@@ -331,9 +335,12 @@ class CedarAuthorizer:
         except MalformedRequestError:
             return _DENY_MALFORMED
         try:
-            return self._decide(claims, info, action_uid, target.namespace, attributes)
+            result = self._decide(claims, info, action_uid, target.namespace, attributes)
         except Exception:  # fail closed on anything from the engine
             return _DENY_ERROR
+        if self._observe is not None and result.reason is not Reason.AUTHORIZER_ERROR:
+            self._observe(result)
+        return result
 
     async def explain(self, claims: Claims | None, target: CallTarget) -> CedarExplanation:
         """The decision for `target` with its parts, never from the cache (for `explain`).

@@ -78,6 +78,10 @@ class ReloadOutcome:
     ok: bool
     generation: int
     error: str = ""
+    # Where a failed reload failed (for the log line): file, line, policy id when known.
+    file: str = ""
+    line: int = 0
+    policy_id: str = ""
 
 
 def load_schema(path: str = "") -> cedarpy.Schema:
@@ -276,7 +280,14 @@ class PolicyStore:
         except PolicyLoadError as exc:
             self.failures += 1
             self._marks = marks  # do not retry the same bad edit on every poll
-            return ReloadOutcome(ok=False, generation=self._current.generation, error=str(exc))
+            return ReloadOutcome(
+                ok=False,
+                generation=self._current.generation,
+                error=str(exc),
+                file=exc.file,
+                line=exc.line,
+                policy_id=exc.policy_id,
+            )
         self._current = snapshot
         self._marks = marks
         self.reloads += 1

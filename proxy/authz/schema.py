@@ -12,8 +12,9 @@ and access. Entity and action names here are the policy language users write; th
   for namespace-scope methods, `Temporal::Cluster::"cluster"` for cluster-scope ones.
 - action `Temporal::Action::"<Method>"` for WorkflowService methods, `"OperatorService/<Method>"`,
   `"AdminService/<Method>"` (`"AdminService/unknown"` for names the table does not know) and
-  `"Health/Check"` for the others; groups `"NamespaceRead"` ... `"ClusterAdmin"`, themselves in
-  `"Read"`/`"Write"`/`"Admin"` and `"Namespace"`/`"Cluster"`.
+  `"Health/Check"` for the others, `"Codec/Encode"`, `"Codec/Decode"`, `"Codec/Download"` for
+  the Codec Server (namespace write, read, read); groups `"NamespaceRead"` ...
+  `"ClusterAdmin"`, themselves in `"Read"`/`"Write"`/`"Admin"` and `"Namespace"`/`"Cluster"`.
 - context: the method's request attributes (methods.REQUEST_ATTRIBUTES), each optional.
 """
 
@@ -24,11 +25,13 @@ from importlib import resources
 
 from proxy.methods import (
     ADMIN_SERVICE_PREFIX,
+    CODEC_PREFIX,
     HEALTH_CHECK,
     OPERATOR_SERVICE_PREFIX,
     UNKNOWN_LABEL,
     WORKFLOW_SERVICE_PREFIX,
     all_methods,
+    codec_methods,
     is_forwarded,
 )
 from proxy.model import Access, MethodInfo, Role, Scope
@@ -69,6 +72,7 @@ _PREFIXES = (
     (WORKFLOW_SERVICE_PREFIX, ""),
     (OPERATOR_SERVICE_PREFIX, "OperatorService/"),
     (ADMIN_SERVICE_PREFIX, "AdminService/"),
+    (CODEC_PREFIX, "Codec/"),
 )
 
 
@@ -98,7 +102,8 @@ def _schema_methods(methods: Iterable[MethodInfo]) -> list[MethodInfo]:
         access=Access.ADMIN,
         namespace_field=None,
     )
-    return [*rows, unknown_admin]
+    # The Codec Server's operations are decided by the same policies (namespace read/write).
+    return [*rows, unknown_admin, *codec_methods()]
 
 
 _HEADER = """\

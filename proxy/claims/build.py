@@ -33,6 +33,16 @@ _ISSUERS = "authorization.idp.issuers"
 _JWKS = "authorization.jwtKeyProvider.keySourceURIs"
 
 
+def _for_policies(az: AuthorizationConfig) -> bool:
+    """Only Cedar reads `Claims.peer` and `.token_claims`: otherwise they are not filled."""
+    return az.authorizer == "cedar"
+
+
+def _exposed(az: AuthorizationConfig) -> tuple[str, ...]:
+    """`authorization.cedar.tokenClaims`, the token claims policies see (Cedar only)."""
+    return az.cedar.token_claims if _for_policies(az) else ()
+
+
 def build_claim_mapper(
     cfg: Config, keys: JwksKeyProvider | IdpKeys | None, logger: Logger | None
 ) -> ClaimMapper:
@@ -67,6 +77,8 @@ def build_jwt_mapper(
             permissions_regex=az.permissions_regex,
             cache_size=az.token_cache_size,
             logger=logger,
+            token_claims=_exposed(az),
+            attach_peer=_for_policies(az),
         )
     except ValueError as exc:
         raise ConfigError("authorization.permissionsRegex", str(exc)) from exc
@@ -83,7 +95,7 @@ def build_certificate_mapper(az: AuthorizationConfig) -> CertificateClaimMapper:
             raise ConfigError(where, str(exc)) from exc
     if not rules:
         raise ConfigError(_RULES, "at least one rule is required")
-    return CertificateClaimMapper(rules)
+    return CertificateClaimMapper(rules, attach_peer=_for_policies(az))
 
 
 def _policy(iss: IssuerConfig, where: str) -> IssuerPolicy:
@@ -115,7 +127,14 @@ def build_idp_mapper(
         raise ConfigError(_ISSUERS, "no key sets were built for the identity provider")
     policies = [_policy(iss, f"{_ISSUERS}[{i}]") for i, iss in enumerate(az.idp.issuers)]
     try:
-        return IdpClaimMapper(policies, keys, cache_size=az.token_cache_size, logger=logger)
+        return IdpClaimMapper(
+            policies,
+            keys,
+            cache_size=az.token_cache_size,
+            logger=logger,
+            token_claims=_exposed(az),
+            attach_peer=_for_policies(az),
+        )
     except ValueError as exc:
         raise ConfigError(_ISSUERS, str(exc)) from exc
 

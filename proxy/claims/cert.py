@@ -123,7 +123,16 @@ def peer_subject(peer: PeerIdentity) -> str:
 class CertificateClaimMapper:
     """Claims from the verified client certificate by rules; auth type `cert`."""
 
-    def __init__(self, rules: Sequence[CertificateRule], *, cache_size: int = _CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        rules: Sequence[CertificateRule],
+        *,
+        cache_size: int = _CACHE_SIZE,
+        attach_peer: bool = False,
+    ) -> None:
+        """`attach_peer`: the claims carry the certificate (`Claims.peer`) for a policy
+        authorizer (authorization.cedar)."""
+        self._attach_peer = attach_peer
         if not rules:
             raise ValueError("at least one certificate rule is required")
         self._rules = tuple(rules)
@@ -155,6 +164,7 @@ class CertificateClaimMapper:
             system=roles.system,
             namespaces=roles.namespaces,
             auth_type=AUTH_TYPE,
+            peer=peer if self._attach_peer else None,
         )
         if self._cache_size:
             self._cache[peer] = claims

@@ -86,4 +86,7 @@ class ChainClaimMapper:
             system=roles.system,
             namespaces=roles.namespaces,
             auth_type=lead.auth_type,
+            # For policy engines: the certificate and the token's exposed claims (when filled).
+            peer=next((c.peer for c in parts if c.peer is not None), None),
+            token_claims=lead.token_claims,
         )

@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from proxy.claims import token
+from proxy.claims.exposed import PeerAttacher, expose_claims
 from proxy.claims.jwt import parse_permissions
 from proxy.claims.patterns import Glob, Grant, PatternError, RoleAccumulator, parse_grants
 from proxy.claims.token import JsonDialect, TokenCache, Verified, decode_jws, fail
@@ -34,6 +35,8 @@ from proxy.keys.idp import IdpKeys, VerificationKey
 from proxy.model import AuthInfo, AuthType, Claims, Reason
 
 AUTH_TYPE = AuthType.JWT.value
+# A certificate without a token: Temporal's empty claims, labelled `none` (no credential counted).
+_EMPTY = Claims(auth_type=AuthType.NONE.value)
 MIN_RSA_BITS = 2048
 ALGORITHMS = token.ALGORITHMS  # asymmetric only: HMAC and `none` can never be configured
 DEFAULT_ALGORITHMS = ("RS256",)
@@ -180,8 +183,14 @@ class IdpClaimMapper:
         clock: Callable[[], float] = time.time,
         cache_size: int = 10000,
         logger: Logger | None = None,
+        token_claims: Sequence[str] = (),
+        attach_peer: bool = False,
     ) -> None:
+        """`token_claims` and `attach_peer` fill `Claims.token_claims` / `.peer` for a policy
+        authorizer (authorization.cedar); off, they cost nothing."""
         self._policies = {p.issuer: p for p in policies}
+        self._expose = tuple(token_claims)
+        self._peers = PeerAttacher() if attach_peer else None
         if not self._policies:
             raise ValueError("at least one issuer is required")
         for issuer in self._policies:
@@ -199,13 +208,16 @@ class IdpClaimMapper:
         header = auth_info.token
         if not header:
             # As Temporal's mapper: a certificate without a token gets empty claims.
-            # Labelled `none`: no credential counted (the decision and its reason are Temporal's).
-            return Claims(auth_type=AuthType.NONE.value)
-        now = self._clock()
-        claims = self._cache.lookup(header, auth_info.audience, now)
-        if claims is None:
-            verified = await self._verify(header, auth_info.audience, now)
-            claims = self._cache.store(header, auth_info.audience, verified)
+            claims = _EMPTY
+        else:
+            now = self._clock()
+            cached = self._cache.lookup(header, auth_info.audience, now)
+            if cached is None:
+                verified = await self._verify(header, auth_info.audience, now)
+                cached = self._cache.store(header, auth_info.audience, verified)
+            claims = cached
+        if self._peers is not None:
+            claims = self._peers.attach(claims, auth_info.peer)
         return claims
 
     async def _verify(self, header: str, request_audience: str, now: float) -> Verified:
@@ -277,5 +289,6 @@ class IdpClaimMapper:
             system=roles.system,
             namespaces=roles.namespaces,
             auth_type=AUTH_TYPE,
+            token_claims=expose_claims(payload, self._expose) if self._expose else None,
         )
         return Verified(claims=claims, deadline=exp + leeway, keys=keys, generation=generation)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from proxy.claims.exposed import PeerAttacher, expose_claims
 from proxy.claims.token import (
     JsonDialect,
     TokenCache,
@@ -30,6 +31,8 @@ from proxy.interfaces import KeyProvider, Logger
 from proxy.model import SYSTEM_NAMESPACE, AuthInfo, AuthType, Claims, Reason, Role
 
 AUTH_TYPE = "jwt"
+# A certificate without a token: Temporal's empty claims, labelled `none` (no credential counted).
+_EMPTY = Claims(auth_type=AuthType.NONE.value)
 SUPPORTED_ALGORITHMS = frozenset({"RS256", "ES256"})
 # Every alg golang-jwt knows: an alg outside this set is "unavailable", inside but not
 # supported is "invalid". Both are refused; the distinction only shows in the detail text.
@@ -220,8 +223,14 @@ class DefaultJWTClaimMapper:
         clock: Callable[[], float] = time.time,
         cache_size: int = 10000,
         logger: Logger | None = None,
+        token_claims: Sequence[str] = (),
+        attach_peer: bool = False,
     ) -> None:
+        """`token_claims` and `attach_peer` fill `Claims.token_claims` / `.peer` for a policy
+        authorizer (authorization.cedar); off, they cost nothing."""
         self._keys = key_provider
+        self._expose = tuple(token_claims)
+        self._peers = PeerAttacher() if attach_peer else None
         self._claim_name = permissions_claim_name
         self._regex = compile_permissions_regex(permissions_regex)
         self._clock = clock
@@ -235,13 +244,16 @@ class DefaultJWTClaimMapper:
         header = auth_info.token
         if not header:
             # Only reachable with a client certificate and no token: empty claims, no error.
-            # Labelled `none`: no credential counted (the decision and its reason are Temporal's).
-            return Claims(auth_type=AuthType.NONE.value)
-        now = self._clock()
-        claims = self._cache.lookup(header, auth_info.audience, now)
-        if claims is None:
-            verified = self._verify(header, auth_info.audience, now)
-            claims = self._cache.store(header, auth_info.audience, verified)
+            claims = _EMPTY
+        else:
+            now = self._clock()
+            cached = self._cache.lookup(header, auth_info.audience, now)
+            if cached is None:
+                verified = self._verify(header, auth_info.audience, now)
+                cached = self._cache.store(header, auth_info.audience, verified)
+            claims = cached
+        if self._peers is not None:
+            claims = self._peers.attach(claims, auth_info.peer)
         return claims
 
     def _verify(self, header: str, audience: str, now_f: float) -> Verified:
@@ -292,7 +304,11 @@ class DefaultJWTClaimMapper:
         if isinstance(permissions, list):  # any other type is silently ignored
             system, namespaces = parse_permissions(permissions, self._regex, self._log)
         claims = Claims.build(
-            subject=subject, system=system, namespaces=namespaces, auth_type=AUTH_TYPE
+            subject=subject,
+            system=system,
+            namespaces=namespaces,
+            auth_type=AUTH_TYPE,
+            token_claims=expose_claims(payload, self._expose) if self._expose else None,
         )
         # exp is whole seconds: floor(now) < exp  <=>  now < exp.
         deadline = float(exp) if exp is not None else now_f + NO_EXP_CACHE_SECONDS

@@ -6,6 +6,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy import log as logmod
+from proxy.authz.cedar import CedarAuthorizer
 from proxy.codec.body import CodecLimits
 from proxy.codec.http import codec_routes
 from proxy.codec.payload import PayloadCodec
@@ -15,14 +16,21 @@ from proxy.config import (
     is_loopback_address,
     validate_codec_exposure,
 )
-from proxy.interfaces import ClaimMapper, Logger
+from proxy.interfaces import Authorizer, ClaimMapper, Logger
 from proxy.metrics import CodecMetrics
 
 
 def build_codec_routes(
-    cfg: Config, mapper: ClaimMapper, registry: CollectorRegistry, logger: Logger | None = None
+    cfg: Config,
+    mapper: ClaimMapper,
+    registry: CollectorRegistry,
+    logger: Logger | None = None,
+    *,
+    authorizer: Authorizer | None = None,
 ) -> list[web.RouteDef]:
-    """`logger`: the app's (the process logger when not given)."""
+    """`logger`: the app's (the process logger when not given). `authorizer`: the gRPC side's;
+    a policy authorizer (Cedar) then decides the codec's operations too. Temporal's default,
+    noop and plugins keep the codec's own role check."""
     if not cfg.codec.enabled:
         return []
     log: Logger = logger if logger is not None else logmod.get_logger()
@@ -47,4 +55,5 @@ def build_codec_routes(
         metrics=CodecMetrics(registry),
         path_prefix=cfg.codec.path_prefix,
         logger=log,
+        authorizer=authorizer if isinstance(authorizer, CedarAuthorizer) else None,
     )

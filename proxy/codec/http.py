@@ -65,9 +65,10 @@ from proxy.codec.payload import (
 )
 from proxy.config import CodecConfig, CorsConfig, codec_requires_authorization
 from proxy.errors import ConfigError, CredentialError
-from proxy.interfaces import ClaimMapper, Logger
+from proxy.interfaces import Authorizer, ClaimMapper, Logger
+from proxy.methods import CODEC_DECODE, CODEC_DOWNLOAD, CODEC_ENCODE
 from proxy.metrics import CodecMetrics
-from proxy.model import AuthInfo, Reason, Role
+from proxy.model import AuthInfo, CallTarget, Reason, Role
 
 __all__ = [
     "NAMESPACE_HEADER",
@@ -86,13 +87,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class _Op(enum.Enum):
-    ENCODE = ("encode", Role.WRITER)
-    DECODE = ("decode", Role.READER)
-    DOWNLOAD = ("download", Role.READER)
+    ENCODE = ("encode", Role.WRITER, CODEC_ENCODE)
+    DECODE = ("decode", Role.READER, CODEC_DECODE)
+    DOWNLOAD = ("download", Role.READER, CODEC_DOWNLOAD)
 
-    def __init__(self, path: str, role: Role) -> None:
+    def __init__(self, path: str, role: Role, action: str) -> None:
         self.path = path
         self.role = role
+        self.action = action  # the method-table name a policy authorizer decides
 
 
 def codec_routes(
@@ -108,12 +110,15 @@ def codec_routes(
     metrics: CodecMetrics | None = None,
     path_prefix: str = "",
     logger: Logger | None = None,
+    authorizer: Authorizer | None = None,
 ) -> list[web.RouteDef]:
     """Routes for `app.add_routes(...)`: the codec endpoints and their CORS preflights.
 
     `limits` defaults to the config's defaults; `metrics` to a private registry (tests);
     `path_prefix` (`codec.pathPrefix`, e.g. `/codec`) serves everything under it; `logger`
-    defaults to structlog's `proxy.codec` logger (tests; the app passes its own)."""
+    defaults to structlog's `proxy.codec` logger (tests; the app passes its own).
+    `authorizer` (Cedar) decides each operation as the call `Codec/Encode` ... on the
+    namespace, instead of the built-in role check (which is what it does without one)."""
     if require_authorization and claim_mapper is None:
         raise ConfigError("codec.requireAuthorization", "authorization needs a claim mapper")
     server = _CodecServer(
@@ -126,6 +131,7 @@ def codec_routes(
         limits=limits or CodecLimits.from_config(CodecConfig()),
         metrics=metrics or CodecMetrics(CollectorRegistry()),
         logger=logger if logger is not None else structlog.get_logger("proxy.codec"),
+        authorizer=authorizer,
     )
     prefix = path_prefix.rstrip("/")
     routes: list[web.RouteDef] = []
@@ -159,9 +165,11 @@ class _CodecServer:
         limits: CodecLimits,
         metrics: CodecMetrics,
         logger: Logger,
+        authorizer: Authorizer | None = None,
     ) -> None:
         self._log = logger
         self._codec = codec
+        self._authorizer = authorizer
         self._limits = limits
         self._metrics = metrics
         # Bodies held at once (read, parsed, answered), and the threads that parse them: JSON
@@ -334,6 +342,24 @@ class _CodecServer:
             # Fail closed; the message of a foreign exception may quote the credentials.
             detail = f"claim mapper raised {type(exc).__name__}"
             return self._deny(op, namespace, Reason.CLAIM_MAPPER_ERROR, detail)
+        if self._authorizer is not None:
+            try:
+                result = await self._authorizer.authorize(
+                    claims, CallTarget(api_name=op.action, namespace=namespace)
+                )
+            except Exception as exc:  # fail closed, as the gRPC side
+                detail = f"authorizer raised {type(exc).__name__}"
+                return self._deny(op, namespace, Reason.AUTHORIZER_ERROR, detail)
+            if not result.allowed:
+                return self._deny(
+                    op,
+                    namespace,
+                    result.reason,
+                    "denied by the authorizer",
+                    subject=claims.subject,
+                    policies=result.policies,
+                )
+            return True
         role = claims.role_in(namespace)
         if role < op.role:
             detail = f"role {int(role)} below required {int(op.role)}"
@@ -343,8 +369,15 @@ class _CodecServer:
         return True
 
     def _deny(
-        self, op: _Op, namespace: str, reason: Reason, detail: str, subject: str = ""
+        self,
+        op: _Op,
+        namespace: str,
+        reason: Reason,
+        detail: str,
+        subject: str = "",
+        policies: tuple[str, ...] | None = None,
     ) -> bool:
+        extra = {"policies": list(policies)} if policies is not None else {}
         self._log.warning(
             "codec_denied",
             operation=op.path,
@@ -352,6 +385,7 @@ class _CodecServer:
             reason=str(reason),
             detail=detail,
             subject=subject,
+            **extra,
         )
         return False
 
