@@ -272,8 +272,9 @@ async def test_long_polls_and_short_calls_for_a_minute(soak_proxy: ProxyProcess,
     assert set(short_codes) == {"OK"}, (short_codes, odd)
     assert short_codes["OK"] >= DURATION * SHORT_CALLS_PER_SECOND * 0.5
     assert sum(poll_codes.values()) >= POLLERS * 2
-    # Flat: within 10 % between 20 s and the end, and no climb inside the window either.
-    assert abs(rss_60 - rss_20) <= 0.10 * rss_20, (rss_20, rss_60)
+    # No leak: no more than 10 % growth between 20 s and the end, and no climb inside the
+    # window either. Shrinking is fine: the proxy trims freed call state (malloc_trim).
+    assert rss_60 <= 1.10 * rss_20, (rss_20, rss_60)
     assert max(window) <= 1.10 * rss_20, (rss_20, max(window))
 
     # Accounted: the proxy counted exactly what the clients sent, by method and outcome.
