@@ -847,7 +847,10 @@ def main() -> int:
     if args.baseline == "none":
         front_names = [f for f in front_names if not f.endswith(BASE_SUFFIX)]
     elif any(f.endswith(BASE_SUFFIX) for f in front_names):
-        baseline = checkout(args.baseline, work / "baseline")
+        try:
+            baseline = checkout(args.baseline, work / "baseline")
+        except subprocess.CalledProcessError:
+            parser.error(f"--baseline {args.baseline}: no such commit here (--baseline none skips)")
     pki = make_pki(work / "pki")
     token = pki.token("default:read")
     meta: dict[str, Any] = {
