@@ -77,8 +77,9 @@ e2e: $(STAMP) $(TS_STAMP) browser
 protos: $(STAMP)
 	$(BIN)/python protos/generate.py
 
-## make bench: direct vs this proxy (full, noop, 2 workers) vs nginx vs a bare grpc.aio relay;
-## then the Cedar authorizer's CPU per call (bench/cedar_authz.py)
+## make bench: direct vs this proxy (full, noop, 2 workers) vs nginx vs a bare grpc.aio relay; this
+## revision vs the round's start (bench/run.py --baseline); then the Cedar authorizer's CPU per
+## call (bench/cedar_authz.py)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -c $(LOCK) -e '.[bench]'
 	$(BIN)/python bench/run.py

@@ -118,7 +118,12 @@ class Proc:
     """A child process in its own session, logging to a file; stop() ends its whole group."""
 
     def __init__(
-        self, name: str, args: Sequence[str], log: Path, env: dict[str, str] | None = None
+        self,
+        name: str,
+        args: Sequence[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.log_path = log
@@ -130,6 +135,7 @@ class Proc:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             env={**os.environ, **(env or {})},
+            cwd=cwd,
         )
         self.pid = self.popen.pid
 
@@ -272,16 +278,21 @@ def http_get(port: int, path: str, timeout: float = 5) -> tuple[int, bytes]:
 class ProxyFront:
     """`python -m proxy serve` with a generated config; waits for /readyz."""
 
-    def __init__(self, workdir: Path, name: str, config: dict[str, Any]) -> None:
+    def __init__(
+        self, workdir: Path, name: str, config: dict[str, Any], source: Path = REPO
+    ) -> None:
+        # `source`: the tree whose `proxy` package runs (a baseline checkout for `*-base`);
+        # cwd too, since `python -m` puts the cwd ahead of PYTHONPATH.
         self.port = int(config["listen"]["address"].rpartition(":")[2])
         self.admin_port = int(config["admin"]["address"].rpartition(":")[2])
         path = workdir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         self.proc = Proc(
             name,
-            [PYTHON, "-m", "proxy", "serve", "--config", str(path)],
+            [PYTHON, "-m", "proxy", "serve", "--config", str(path.resolve())],
             workdir / f"{name}.log",
-            env={"PYTHONPATH": str(REPO)},
+            env={"PYTHONPATH": str(source)},
+            cwd=source,
         )
 
         def ready() -> bool:

@@ -8,6 +8,10 @@ Fronts (each requires a client certificate except `direct`):
   proxy        this proxy, full default pipeline: mTLS, JWT, namespace extraction, authz
   proxy-noretry  as `proxy` with `upstream.transparentRetries: false` (canned upstream only)
   proxy-w2     as `proxy` with `listen.workers: 2` (canned upstream only)
+  proxy-base, proxy-noop-base
+               `proxy` / `proxy-noop` run from the BASELINE revision (`--baseline`, default the
+               commit this round started from), in the same run: each pair's cells alternate
+               A B B A per in-flight level so machine drift hits both alike
 
 Upstreams: nghttpd serving a canned gRPC answer (never the bottleneck), and the real Temporal
 dev server (GetSystemInfo, rate limits lifted). Load: h2load (client certificate through the
@@ -37,6 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
+from baseline import BASELINE_REF, Baseline, checkout, fit_config
 from common import (
     CLK_TCK,
     LOOPBACK,
@@ -260,6 +265,7 @@ class Proxy:
         mode: str,
         workers: int = 1,
         transparent_retries: bool = True,
+        baseline: Baseline | None = None,
     ) -> None:
         self.name = name
         self.port = free_port()
@@ -272,7 +278,13 @@ class Proxy:
             workers=workers,
             transparent_retries=transparent_retries,
         )
-        self.front = ProxyFront(work, f"{name}-{self.port}", cfg)
+        self.dropped_keys: tuple[str, ...] = ()
+        if baseline is None:
+            self.front = ProxyFront(work, f"{name}-{self.port}", cfg)
+        else:
+            # Same generated config, minus the keys the baseline does not know yet.
+            cfg, self.dropped_keys = fit_config(cfg, baseline, work)
+            self.front = ProxyFront(work, f"{name}-{self.port}", cfg, source=baseline.source)
 
     def pids(self) -> list[int]:
         return self.front.pids()
@@ -327,6 +339,7 @@ class Cell:
     upstream: str
     front: str
     inflight: int
+    repeat: int = 0  # baseline pairs: 0 = the first cell (A B B A: 0 0 1 1)
     seconds: float = 0.0
     done: int = 0
     succeeded: int = 0
@@ -424,8 +437,9 @@ def run_cell(
     inflight: int,
     duration: float,
     token: str,
+    repeat: int = 0,
 ) -> Cell:
-    cell = Cell(upstream=up.name, front=front.name, inflight=inflight)
+    cell = Cell(upstream=up.name, front=front.name, inflight=inflight, repeat=repeat)
     # Warm-up (connections, caches, grpc's lazily built paths), not measured.
     h2load(front, up, pki, work, inflight, duration=None, requests=max(200, 4 * inflight),
            token=token, log_file=None)  # fmt: skip
@@ -434,7 +448,7 @@ def run_cell(
     before_codes = front.requests_by_code() if isinstance(front, Proxy) else None
     cpu0, up0 = cpu_seconds(pids), cpu_seconds(up_pids)
     sys0, kids0, wall0 = system_cpu(), children_cpu(), time.monotonic()
-    log_file = work / f"h2load-{up.name}-{front.name}-{inflight}.log"
+    log_file = work / f"h2load-{up.name}-{front.name}-{inflight}-{repeat}.log"
     text = h2load(front, up, pki, work, inflight, duration=duration, requests=None,
                   token=token, log_file=log_file)  # fmt: skip
     cpu1, up1 = cpu_seconds(pids), cpu_seconds(up_pids)
@@ -510,7 +524,7 @@ def ratio(a: float, b: float) -> str:
 
 
 def report(cells: list[Cell], extras: dict[str, Any], out: Path, meta: dict[str, Any]) -> str:
-    index = {(c.upstream, c.front, c.inflight): c for c in cells}
+    index = {(c.upstream, c.front, c.inflight): c for c in cells if c.repeat == 0}
     lines = [f"# temporal-auth-proxy benchmark, {meta['started']}", ""]
     lines += [
         f"Machine: {meta['cpus']} CPUs, {meta['python']}, grpcio {meta['grpcio']}, "
@@ -552,6 +566,8 @@ def report(cells: list[Cell], extras: dict[str, Any], out: Path, meta: dict[str,
                     f"{fmt(c.other_cores, 2)} | {c.status_check} |"
                 )
         lines.append("")
+    if extras.get("baseline_pairs"):
+        lines += baseline_section(extras["baseline_pairs"], meta)
     lines += ["## Targets from issue 10", ""]
     lines += targets(index, extras)
     lines.append("")
@@ -577,6 +593,72 @@ def report(cells: list[Cell], extras: dict[str, Any], out: Path, meta: dict[str,
         lines.append("")
     lines += ["Plot: ![results](results.png)", ""]
     return "\n".join(lines)
+
+
+BASE_SUFFIX = "-base"
+
+
+def compare_baseline(cells: list[Cell]) -> list[dict[str, Any]]:
+    """Per (upstream, front, in flight): this revision vs its `-base` twin, every repeat.
+
+    Ratios are this revision / baseline (< 1 is cheaper or faster now); the spread is the
+    lowest and highest ratio of the back-to-back pairs, i.e. the run's own noise.
+    """
+    groups: dict[tuple[str, str, int], dict[int, dict[bool, Cell]]] = {}
+    for c in cells:
+        is_base = c.front.endswith(BASE_SUFFIX)
+        front = c.front.removesuffix(BASE_SUFFIX)
+        by_repeat = groups.setdefault((c.upstream, front, c.inflight), {})
+        by_repeat.setdefault(c.repeat, {})[is_base] = c
+    rows: list[dict[str, Any]] = []
+    for (upstream, front, n), repeats in groups.items():
+        pairs = [(r[False], r[True]) for _, r in sorted(repeats.items()) if len(r) == 2]
+        if not pairs:
+            continue
+        row: dict[str, Any] = {"upstream": upstream, "front": front, "inflight": n,
+                               "pairs": len(pairs)}  # fmt: skip
+        for metric in ("cpu_ms_per_call", "p50_ms", "rps"):
+            now = [getattr(a, metric) for a, _ in pairs]
+            base = [getattr(b, metric) for _, b in pairs]
+            per_pair = [a / b for a, b in zip(now, base, strict=True) if b]
+            row[metric] = {
+                "now": round(sum(now) / len(now), 4),
+                "base": round(sum(base) / len(base), 4),
+                "ratio": round(sum(now) / sum(base), 3) if sum(base) else math.nan,
+                "ratio_min": round(min(per_pair), 3) if per_pair else math.nan,
+                "ratio_max": round(max(per_pair), 3) if per_pair else math.nan,
+            }
+        row["other_cores"] = round(max(c.other_cores for p in pairs for c in p), 2)
+        rows.append(row)
+    return rows
+
+
+def baseline_section(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    base = meta.get("baseline") or {}
+    lines = [
+        f"## This revision vs baseline {base.get('ref', '?')} ({base.get('commit', '?')[:12]})",
+        "",
+        "Same run, same machine, same config (the baseline's minus the keys it does not know: "
+        f"{', '.join(base.get('dropped_keys', [])) or 'none'}). Cells alternate now/base/base/now "
+        "per in-flight level; values are means over the pairs, ratio = now / base "
+        "(< 1: cheaper or faster now), spread = lowest..highest ratio of one back-to-back pair.",
+        "",
+        "| upstream | front | in flight | pairs | CPU ms/call now | base | ratio (spread) "
+        "| p50 ms now | base | ratio (spread) | RPS ratio | max other load, cores |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        cpu, p50, rps = r["cpu_ms_per_call"], r["p50_ms"], r["rps"]
+        lines.append(
+            f"| {r['upstream']} | {r['front']} | {r['inflight']} | {r['pairs']} | "
+            f"{fmt(cpu['now'], 3)} | {fmt(cpu['base'], 3)} | {fmt(cpu['ratio'])}x "
+            f"({fmt(cpu['ratio_min'])}..{fmt(cpu['ratio_max'])}) | "
+            f"{fmt(p50['now'], 3)} | {fmt(p50['base'], 3)} | {fmt(p50['ratio'])}x "
+            f"({fmt(p50['ratio_min'])}..{fmt(p50['ratio_max'])}) | {fmt(rps['ratio'])}x | "
+            f"{fmt(r['other_cores'])} |"
+        )
+    lines.append("")
+    return lines
 
 
 def targets(index: dict[tuple[str, str, int], Cell], extras: dict[str, Any]) -> list[str]:
@@ -625,15 +707,18 @@ def targets(index: dict[tuple[str, str, int], Cell], extras: dict[str, Any]) -> 
     return out
 
 
-def plot(cells: list[Cell], meta: dict[str, Any], path: Path) -> None:
+def plot(
+    cells: list[Cell], meta: dict[str, Any], path: Path, pairs: list[dict[str, Any]] | None = None
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ups = meta["upstreams"]
-    fig, axes = plt.subplots(len(ups), 3, figsize=(17, 4.6 * len(ups)), squeeze=False)
-    index = {(c.upstream, c.front, c.inflight): c for c in cells}
+    rows = len(ups) + (1 if pairs else 0)
+    fig, axes = plt.subplots(rows, 3, figsize=(17, 4.6 * rows), squeeze=False)
+    index = {(c.upstream, c.front, c.inflight): c for c in cells if c.repeat == 0}
     for row, up in enumerate(ups):
         fronts = [f for f in meta["fronts"] if any(k[:2] == (up["name"], f) for k in index)]
         width = 0.8 / max(1, len(fronts))
@@ -666,10 +751,46 @@ def plot(cells: list[Cell], meta: dict[str, Any], path: Path) -> None:
             ax.grid(axis="y", alpha=0.3)
             if col == 0:
                 ax.legend(fontsize=7)
+    if pairs:
+        plot_baseline(axes[-1], pairs, meta)
     fig.suptitle(f"temporal-auth-proxy bench {meta['started']} ({meta['cpus']} CPUs)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_baseline(axes: Any, pairs: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """Last row: now vs baseline (means of the pairs), and the ratios with their spread."""
+    labels = [f"{p['upstream'][:3]} {p['front']} @{p['inflight']}" for p in pairs]
+    xs = range(len(pairs))
+    ref = (meta.get("baseline") or {}).get("ref", "base")
+    for ax, metric, title in (
+        (axes[0], "cpu_ms_per_call", "front CPU ms per call"),
+        (axes[1], "p50_ms", "p50 ms"),
+    ):
+        now = [p[metric]["now"] for p in pairs]
+        base = [p[metric]["base"] for p in pairs]
+        ax.bar([x - 0.2 for x in xs], now, 0.4, label="this revision", color="C2")
+        bars = ax.bar([x + 0.2 for x in xs], base, 0.4, label=f"baseline {ref}", color="C7")
+        ax.bar_label(bars, labels=[f"{n / b:.2f}x" if b else "" for n, b in zip(now, base,
+                     strict=True)], fontsize=7, padding=2)  # fmt: skip
+        ax.set_xticks(list(xs), labels, rotation=20, fontsize=7, ha="right")
+        ax.set_yscale("log")
+        ax.set_title(f"{title}: now vs baseline (label: ratio)", fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    ax = axes[2]
+    for i, (metric, name) in enumerate((("cpu_ms_per_call", "CPU/call"), ("p50_ms", "p50"))):
+        mid = [p[metric]["ratio"] for p in pairs]
+        lo = [m - p[metric]["ratio_min"] for m, p in zip(mid, pairs, strict=True)]
+        hi = [p[metric]["ratio_max"] - m for m, p in zip(mid, pairs, strict=True)]
+        ax.errorbar([x + (i - 0.5) * 0.25 for x in xs], mid, yerr=[lo, hi], fmt="o",
+                    capsize=3, label=f"{name} now / base", color=f"C{i}")  # fmt: skip
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(list(xs), labels, rotation=20, fontsize=7, ha="right")
+    ax.set_title("ratio now / baseline (whiskers: lowest..highest pair)", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
 
 
 # ---------------------------------------------------------------------------------- main
@@ -688,8 +809,23 @@ def main() -> int:
     parser.add_argument("--inflight", default="1,32,256")
     parser.add_argument(
         "--fronts",
-        default="direct,nginx,bare,proxy-noop,proxy,proxy-noretry,proxy-w2",
+        default="direct,nginx,bare,proxy-noop,proxy-noop-base,proxy,proxy-base,proxy-noretry,"
+        "proxy-w2",
         help="comma list",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=BASELINE_REF,
+        help="git revision the `*-base` fronts run (default: this round's start); none to skip",
+    )
+    parser.add_argument(
+        "--baseline-upstreams",
+        default="canned",
+        help="upstreams that get the `*-base` cells (the Temporal cells are dominated by "
+        "Temporal's own latency, and the 10-minute budget is tight)",
+    )
+    parser.add_argument(
+        "--baseline-repeats", type=int, default=2, help="cells per front per pair (A B B A)"
     )
     parser.add_argument("--upstreams", default="canned,temporal")
     parser.add_argument("--longpolls", type=int, default=10_000, help="0 to skip")
@@ -707,6 +843,14 @@ def main() -> int:
         if n not in SHAPES:
             parser.error(f"--inflight values must be among {sorted(SHAPES)}")
     front_names = args.fronts.split(",")
+    baseline: Baseline | None = None
+    if args.baseline == "none":
+        front_names = [f for f in front_names if not f.endswith(BASE_SUFFIX)]
+    elif any(f.endswith(BASE_SUFFIX) for f in front_names):
+        try:
+            baseline = checkout(args.baseline, work / "baseline")
+        except subprocess.CalledProcessError:
+            parser.error(f"--baseline {args.baseline}: no such commit here (--baseline none skips)")
     pki = make_pki(work / "pki")
     token = pki.token("default:read")
     meta: dict[str, Any] = {
@@ -719,6 +863,7 @@ def main() -> int:
         "duration": args.duration,
         "fronts": front_names,
         "upstreams": [],
+        "baseline": None if baseline is None else {"ref": baseline.ref, "commit": baseline.commit},
     }
     cells: list[Cell] = []
     extras: dict[str, Any] = {}
@@ -736,28 +881,8 @@ def main() -> int:
         for up_name in args.upstreams.split(","):
             up = ups[up_name]
             meta["upstreams"].append({"name": up.name, "label": up.label})
-            for front_name in front_names:
-                if front_name in ("proxy-w2", "proxy-noretry") and up.name != "canned":
-                    continue
-                front = make_front(front_name, work, pki, up)
-                try:
-                    reply = grpc_call(front, pki, up, [("authorization", f"Bearer {token}")])
-                    if reply != up.expected:
-                        raise AssertionError(f"{front.name} returned different bytes")
-                    if front_name in ("proxy", "proxy-w2") and up.name == "canned":
-                        expect_denied(front, pki, up)
-                    for n in inflights:
-                        cell = run_cell(front, up, pki, work, n, args.duration, token)
-                        cells.append(cell)
-                        print(
-                            f"{up.name:8} {front.name:10} {n:3} in flight: "
-                            f"{cell.rps:9,.0f} RPS  p50 {cell.p50_ms:7.3f} ms  "
-                            f"p99 {cell.p99_ms:7.3f} ms  CPU {cell.cpu_ms_per_call:.3f} ms/call  "
-                            f"RSS {cell.rss_mib:6.1f} MiB  {cell.status_check}",
-                            flush=True,
-                        )
-                finally:
-                    front.stop()
+            for group in front_groups(front_names, up.name, args.baseline_upstreams):
+                cells += run_group(group, work, pki, up, token, inflights, args, baseline, meta)
         up_proc_cpu = {name: cpu_seconds(process_tree(u.proc.pid)) for name, u in ups.items()}
         meta["upstream_total_cpu_s"] = up_proc_cpu
     finally:
@@ -772,13 +897,15 @@ def main() -> int:
             else:
                 extras[key] = run_longpoll(args.longpolls, out, min(remaining, 240), retries)
 
+    if baseline is not None:
+        extras["baseline_pairs"] = compare_baseline(cells)
     (out / "results.json").write_text(
         json.dumps({"meta": meta, "cells": [asdict(c) for c in cells], **extras}, indent=2)
     )
     md = report(cells, extras, out, meta)
     (out / "results.md").write_text(md)
     with contextlib.suppress(ImportError):
-        plot(cells, meta, out / "results.png")
+        plot(cells, meta, out / "results.png", extras.get("baseline_pairs"))
     print(md)
     print(f"\nwrote {out}/results.md, results.json, results.png "
           f"in {time.monotonic() - started:.0f} s")  # fmt: skip
@@ -786,7 +913,75 @@ def main() -> int:
     return 1 if failed else 0
 
 
-def make_front(name: str, work: Path, pki: Pki, up: Upstream) -> Front:
+def front_groups(front_names: list[str], upstream: str, baseline_upstreams: str) -> list[list[str]]:
+    """Fronts to run together: `x` with `x-base` when both are asked for, else alone."""
+    groups = []
+    for name in front_names:
+        if name in ("proxy-w2", "proxy-noretry") and upstream != "canned":
+            continue
+        if name.endswith(BASE_SUFFIX):
+            if upstream not in baseline_upstreams.split(","):
+                continue
+            if name.removesuffix(BASE_SUFFIX) in front_names:
+                continue  # runs in its twin's group
+        twin = name + BASE_SUFFIX
+        if twin in front_names and upstream in baseline_upstreams.split(","):
+            groups.append([name, twin])
+        else:
+            groups.append([name])
+    return groups
+
+
+def run_group(
+    group: list[str],
+    work: Path,
+    pki: Pki,
+    up: Upstream,
+    token: str,
+    inflights: list[int],
+    args: argparse.Namespace,
+    baseline: Baseline | None,
+    meta: dict[str, Any],
+) -> list[Cell]:
+    """Start the group's fronts, check each, then its cells; a pair alternates A B B A."""
+    cells: list[Cell] = []
+    with contextlib.ExitStack() as stack:
+        fronts: list[Front] = []
+        for name in group:
+            front = make_front(name, work, pki, up, baseline)
+            stack.callback(front.stop)
+            fronts.append(front)
+            if isinstance(front, Proxy) and front.dropped_keys:
+                meta["baseline"]["dropped_keys"] = list(front.dropped_keys)
+            reply = grpc_call(front, pki, up, [("authorization", f"Bearer {token}")])
+            if reply != up.expected:
+                raise AssertionError(f"{front.name} returned different bytes")
+            if name in ("proxy", "proxy-w2", "proxy-base") and up.name == "canned":
+                expect_denied(front, pki, up)
+        repeats = args.baseline_repeats if len(fronts) > 1 else 1
+        for n in inflights:
+            for r in range(repeats):
+                for front in fronts if r % 2 == 0 else fronts[::-1]:
+                    cell = run_cell(front, up, pki, work, n, args.duration, token, repeat=r)
+                    cells.append(cell)
+                    print(
+                        f"{up.name:8} {front.name:15} {n:3} in flight: "
+                        f"{cell.rps:9,.0f} RPS  p50 {cell.p50_ms:7.3f} ms  "
+                        f"p99 {cell.p99_ms:7.3f} ms  CPU {cell.cpu_ms_per_call:.3f} ms/call  "
+                        f"RSS {cell.rss_mib:6.1f} MiB  {cell.status_check}",
+                        flush=True,
+                    )
+    return cells
+
+
+def make_front(
+    name: str, work: Path, pki: Pki, up: Upstream, baseline: Baseline | None = None
+) -> Front:
+    def base() -> Baseline:
+        if baseline is None:
+            raise ValueError(f"{name} needs --baseline")
+        return baseline
+
     factories: dict[str, Callable[[], Front]] = {
         "direct": lambda: Direct(port=up.port),
         "nginx": lambda: Nginx(work, pki, up.address),
@@ -797,6 +992,8 @@ def make_front(name: str, work: Path, pki: Pki, up: Upstream) -> Front:
             work, pki, up.address, name, "default", transparent_retries=False
         ),
         "proxy-w2": lambda: Proxy(work, pki, up.address, name, "default", workers=2),
+        "proxy-noop-base": lambda: Proxy(work, pki, up.address, name, "noop", baseline=base()),
+        "proxy-base": lambda: Proxy(work, pki, up.address, name, "default", baseline=base()),
     }
     return factories[name]()
 
