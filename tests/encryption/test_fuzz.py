@@ -20,6 +20,7 @@ from proxy.encryption import (
     encrypt_request,
     find_unknown_fields,
 )
+from proxy.wire.write import encode_varint
 
 WF = "/temporal.api.workflowservice.v1.WorkflowService/"
 RESPOND = WF + "RespondWorkflowTaskCompleted"
@@ -52,7 +53,7 @@ def _deep_failure(depth: int) -> bytes:
     cause = Failure.DESCRIPTOR.fields_by_name["cause"].number
     data = Failure(encoded_attributes=Payload(data=b"x")).SerializeToString()
     for _ in range(depth):
-        data = _varint(cause << 3 | 2) + _varint(len(data)) + data
+        data = encode_varint(cause << 3 | 2) + encode_varint(len(data)) + data
     return data
 
 
@@ -83,7 +84,7 @@ def test_deep_nesting_is_a_parse_error_not_a_crash(
         body = (
             RespondActivityTaskFailedRequest(namespace="n").SerializeToString()
             + b"\x12"  # field 2: failure
-            + _varint(len(inner := _deep_failure(depth)))
+            + encode_varint(len(inner := _deep_failure(depth)))
             + inner
         )
         try:
@@ -91,15 +92,3 @@ def test_deep_nesting_is_a_parse_error_not_a_crash(
         except EncryptionError:
             continue
         assert out.encrypted == 1
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)

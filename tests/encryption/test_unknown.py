@@ -19,22 +19,14 @@ from proxy.encryption import (
     encrypt_request,
     find_unknown_fields,
 )
+from proxy.wire.write import encode_varint
 
 WF = "/temporal.api.workflowservice.v1.WorkflowService/"
 START = WF + "StartWorkflowExecution"
 
 
 def _tag(number: int, wire: int) -> bytes:
-    value = number << 3 | wire
-    out = bytearray()
-    while True:
-        b = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+    return encode_varint(number << 3 | wire)
 
 
 def _len_field(number: int, data: bytes) -> bytes:
