@@ -8,7 +8,7 @@ import ctypes
 import signal
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import grpc
@@ -16,7 +16,7 @@ import grpc.aio
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy import methods
+from proxy import __version__, methods
 from proxy.admin import (
     AdminLimits,
     AdminMetrics,
@@ -30,7 +30,8 @@ from proxy.authz.build import build_authorizer
 from proxy.authz.policy_build import PolicyReloader, build_policy_reloader
 from proxy.claims.build import build_claim_mapper
 from proxy.codec.build import build_codec_routes
-from proxy.config import Config
+from proxy.config import Config, load_config
+from proxy.encryption.service import PayloadEncryption, shipped_api_version
 from proxy.errors import ConfigError
 from proxy.forward import ForwardingHandler, UpstreamPool, channel_options, close_channels
 from proxy.gate import Gate, build_gate
@@ -38,7 +39,14 @@ from proxy.interfaces import Logger
 from proxy.keys.build import build_key_provider
 from proxy.keys.idp import IdpKeys
 from proxy.keys.jwks import JwksKeyProvider
-from proxy.metrics import PolicyMetrics, ProxyMetrics, build_proxy_metrics, multiprocess_dir
+from proxy.metrics import (
+    EncryptionMetrics,
+    PolicyMetrics,
+    ProxyMetrics,
+    build_proxy_metrics,
+    multiprocess_dir,
+    set_build_info,
+)
 from proxy.ratelimit import build_rate_limiter
 from proxy.tls.credentials import FrontendCredentials, channel_credentials
 from proxy.tls.material import ClientMaterial, load_tls_materials
@@ -73,6 +81,10 @@ class App:
     admin: web.Application | None = None
     policies: PolicyReloader | None = None  # authorizer: cedar
     server: grpc.aio.Server | None = None
+    encryption: PayloadEncryption | None = None
+    encryption_metrics: EncryptionMetrics | None = None
+    temporal_api: str = ""  # the shipped Temporal API descriptors (ApiVersion.label())
+    config_path: str | None = None  # re-read on SIGHUP for encryption and codec.keys
     port: int = 0
     listening: bool = False
     draining: bool = False
@@ -117,6 +129,49 @@ class App:
                 self._tasks.create_task(closing, name="close-old-upstream")
             else:
                 await closing
+
+    async def on_sighup(self) -> None:
+        await self.reload_tls()
+        await self.reload_encryption()
+
+    async def reload_encryption(self) -> bool:
+        """Re-read the config file: apply `encryption` and `codec.keys`/`codec.namespaceKeys`
+        to payload encryption (build, validate, swap); other changes need a restart."""
+        if self.config_path is None or self.encryption is None:
+            return False
+        encryption, metrics = self.encryption, self.encryption_metrics
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+            settings = await asyncio.to_thread(encryption.settings_for, new)
+        except ConfigError as exc:
+            self.log.error("encryption_reload_failed", error=str(exc), path=exc.path)
+            if metrics is not None:
+                metrics.reload_total.labels(result="failure").inc()
+            return False
+        applied = replace(
+            self.cfg,
+            encryption=new.encryption,
+            codec=replace(
+                self.cfg.codec, keys=new.codec.keys, namespace_keys=new.codec.namespace_keys
+            ),
+        )
+        restart = restart_sections(applied, new)
+        if applied.codec.enabled and (
+            applied.codec.keys != self.cfg.codec.keys
+            or applied.codec.namespace_keys != self.cfg.codec.namespace_keys
+        ):
+            restart.append("codec.keys (the Codec Server keeps its keys until restart)")
+        if restart:
+            self.log.warning("restart_required", sections=restart)
+        encryption.swap(settings)
+        self.cfg = applied
+        if metrics is not None:
+            metrics.reload_total.labels(result="success").inc()
+        self.log.info(
+            "encryption_reloaded",
+            namespaces={ns: c.key_id for ns, c in sorted(new.encryption.namespaces.items())},
+        )
+        return True
 
     async def _reload_loop(self) -> None:
         interval = self.cfg.tls.refresh_interval
@@ -170,7 +225,15 @@ class App:
             raise ConfigError("listen.address", f"cannot listen on {address}: {exc}") from exc
         await self.server.start()
         self.listening = True
-        self.log.info("listening", address=address, port=self.port, tls=self.frontend is not None)
+        self.log.info(
+            "listening",
+            address=address,
+            port=self.port,
+            tls=self.frontend is not None,
+            version=__version__,
+            temporal_api=self.temporal_api,
+            encrypted_namespaces=sorted(self.cfg.encryption.namespaces),
+        )
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -186,7 +249,7 @@ class App:
                 self._tasks = tg
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(
-                        signal.SIGHUP, lambda: tg.create_task(self.reload_tls(), name="sighup")
+                        signal.SIGHUP, lambda: tg.create_task(self.on_sighup(), name="sighup")
                     )
                 if self.policies is not None:
                     self._watch_policies(loop, tg, self.policies)
@@ -217,7 +280,7 @@ class App:
             loop.add_signal_handler(
                 signal.SIGHUP,
                 lambda: (
-                    tg.create_task(self.reload_tls(), name="sighup"),
+                    tg.create_task(self.on_sighup(), name="sighup"),
                     tg.create_task(policies.reload(), name="sighup-policies"),
                 ),
             )
@@ -285,6 +348,11 @@ def _malloc_trim() -> Callable[[int], int] | None:
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
     return trim
+
+
+def restart_sections(running: Config, new: Config) -> list[str]:
+    """Top-level sections of `new` that differ from what runs (SIGHUP does not apply them)."""
+    return [f.name for f in fields(Config) if getattr(running, f.name) != getattr(new, f.name)]
 
 
 class _Stopped(Exception):
@@ -389,6 +457,10 @@ def build(cfg: Config, *, logger: Logger, registry: CollectorRegistry | None = N
         peer_always_verified=require_client_auth,
     )
     audit = build_audit_log(cfg)
+    encryption_metrics = EncryptionMetrics(registry, namespace_labels=cfg.metrics.namespace_labels)
+    encryption = PayloadEncryption.build(cfg, metrics=encryption_metrics, logger=logger)
+    temporal_api = shipped_api_version().label()
+    set_build_info(registry, version=__version__, temporal_api=temporal_api)
     pool = UpstreamPool(make_channel_factory(cfg, materials.internode), cfg.upstream.channels)
     handler = ForwardingHandler(
         gate=gate,
@@ -410,6 +482,7 @@ def build(cfg: Config, *, logger: Logger, registry: CollectorRegistry | None = N
         limiter=build_rate_limiter(cfg),
         audit=audit,
         max_concurrent_calls=cfg.listen.max_concurrent_calls,
+        encryption=encryption,
     )
     app = App(
         cfg=cfg,
@@ -423,6 +496,9 @@ def build(cfg: Config, *, logger: Logger, registry: CollectorRegistry | None = N
         pool=pool,
         handler=handler,
         policies=policies,
+        encryption=encryption,
+        encryption_metrics=encryption_metrics,
+        temporal_api=temporal_api,
     )
     app.admin = build_admin_app(
         registry=metrics_registry(registry, multiprocess_dir()),

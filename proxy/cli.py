@@ -70,12 +70,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _serve_one(cfg: Config) -> int:
+async def _serve_one(cfg: Config, config_path: str | None = None) -> int:
     from proxy.app import build
 
     logger = logmod.get_logger()
     try:
         app = build(cfg, logger=logger)
+        app.config_path = config_path  # SIGHUP re-reads encryption and codec.keys from it
         await app.start()
     except ConfigError as exc:
         logger.error("startup_failed", error=str(exc), path=exc.path)
@@ -90,7 +91,7 @@ def worker_main(config_path: str, slot: int) -> None:
     cfg = load_config(config_path)
     logmod.configure_from(cfg.log)
     logmod.get_logger().info("worker_ready", slot=slot)
-    raise SystemExit(asyncio.run(_serve_one(cfg)))
+    raise SystemExit(asyncio.run(_serve_one(cfg, config_path)))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -102,7 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     count = resolve_workers(cfg.listen.workers)
     if count == 1:
-        return asyncio.run(_serve_one(cfg))
+        return asyncio.run(_serve_one(cfg, str(Path(args.config).resolve())))
     prepare_metrics_dir()
     # Validate once in the parent so a bad config fails fast instead of crash-looping workers.
     if not _builds(cfg):

@@ -373,6 +373,21 @@ class CodecConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NamespaceEncryptionConfig:
+    key_id: str = ""  # required: the codec.keys id new payloads of the namespace are sealed with
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EncryptionConfig:
+    """Payload encryption at the proxy (README "Encryption at the proxy"); keys from codec.keys."""
+
+    # Namespaces not listed are untouched.
+    namespaces: Mapping[str, NamespaceEncryptionConfig] = field(default_factory=dict)
+    # A request field this proxy's API does not know could hide a payload: refuse or count it.
+    unknown_fields: Literal["reject", "forward"] = "reject"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     listen: ListenConfig = field(default_factory=ListenConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
@@ -384,6 +399,7 @@ class Config:
     codec: CodecConfig = field(default_factory=CodecConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -559,6 +575,11 @@ class _Parser:
             if not isinstance(raw, dict):
                 raise ConfigError(path, "expected a mapping")
             value_tp = typing.get_args(tp)[1]
+            if dataclasses.is_dataclass(value_tp) and isinstance(value_tp, type):
+                return {
+                    self.string(k, path): self.section(value_tp, v, f"{path}.{k}")
+                    for k, v in raw.items()
+                }
             if typing.get_origin(value_tp) is tuple:
                 return {
                     self.string(k, path): self.value(
@@ -766,6 +787,7 @@ def _validate(cfg: Config) -> None:
                 "must be empty or a path such as /codec (leading /, no trailing /, "
                 "no braces, ?, #, % or spaces)",
             )
+    _validate_encryption(cfg)
 
 
 def codec_requires_authorization(cfg: Config) -> bool:
@@ -817,6 +839,30 @@ def validate_codec_exposure(cfg: Config) -> None:
     )
 
 
+def _validate_encryption(cfg: Config) -> None:
+    """Every encrypted namespace names a key of `codec.keys` its Codec Server keys allow."""
+    codec = cfg.codec
+    for ns, nsc in cfg.encryption.namespaces.items():
+        path = f"encryption.namespaces.{ns}"
+        if not ns.strip() or ns == WILDCARD:
+            raise ConfigError(path, "must name one namespace (not empty, not *)")
+        if not nsc.key_id:
+            raise ConfigError(f"{path}.keyId", "is required (a key id of codec.keys)")
+        if nsc.key_id not in codec.keys:
+            raise ConfigError(f"{path}.keyId", f"key id {nsc.key_id!r} is not in codec.keys")
+        if codec.namespace_keys:
+            allowed = codec.namespace_keys.get(ns, codec.namespace_keys.get(WILDCARD))
+            if allowed is None:
+                # The Codec Server could not decode this namespace's payloads for the UI/CLI.
+                raise ConfigError(path, "codec.namespaceKeys gives this namespace no keys")
+            if nsc.key_id not in allowed:
+                raise ConfigError(
+                    f"{path}.keyId",
+                    f"key id {nsc.key_id!r} is not one of codec.namespaceKeys for {ns!r}",
+                )
+
+
+WILDCARD = "*"  # codec.namespaceKeys' "every other namespace"
 _CHAIN_MEMBERS = ("cert", "jwt", "idp")
 
 

@@ -345,3 +345,126 @@ class PolicyMetrics:
 
     def on_reload(self, success: bool) -> None:
         self.reload_total.labels(result="success" if success else "failure").inc()
+
+
+# Payload encryption (README "Encryption at the proxy"): closed label sets.
+ENCRYPTION_OUTCOMES = ("encrypted", "already_encrypted", "decrypted")
+ENCRYPTION_FAILURE_REASONS = (
+    "unknown_field",  # a request field this proxy's API does not know (unknownFields: reject)
+    "limit_exceeded",  # too many payloads or nesting levels to inspect
+    "malformed_request",  # the request does not parse as its API message
+    "unknown_method",  # not in the shipped API descriptors: cannot be inspected
+    "no_namespace",  # a task-token call without `namespace` while encryption is on
+    "decrypt_unknown_key",  # a response payload under a key the namespace may not use
+    "decrypt_authentication",  # a response payload whose tag check fails (tampered, wrong key)
+    "decrypt_malformed",  # a response payload without key id, bad compression, not a Payload
+    "malformed_response",  # the upstream response does not parse as its API message
+)
+ENCRYPTION_UNKNOWN_FIELD_ACTIONS = ("rejected", "forwarded")
+ENCRYPTION_METHOD_CLASSES = ("poll", "read", "write", "admin")
+ENCRYPTION_DIRECTIONS = ("request", "response")
+_CRYPTO_BUCKETS = (
+    0.000005,
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.01,
+    0.1,
+)
+
+
+class EncryptionMetrics:
+    """Counters of payload encryption; the `namespace` label is always present, with the values
+    of `metrics.namespaceLabels` or `_other_` (never a caller-chosen string)."""
+
+    def __init__(
+        self, registry: CollectorRegistry, *, namespace_labels: Iterable[str] = ()
+    ) -> None:
+        self.namespace_labels = frozenset(namespace_labels)
+        self.payloads_total = Counter(
+            PREFIX + "encryption_payloads_total",
+            "Payloads sealed, passed already encrypted, or opened by the proxy, by namespace.",
+            ("namespace", "outcome"),
+            registry=registry,
+        )
+        self.failures_total = Counter(
+            PREFIX + "encryption_failures_total",
+            "Calls failed by payload encryption, by namespace and reason.",
+            ("namespace", "reason"),
+            registry=registry,
+        )
+        self.unknown_fields_total = Counter(
+            PREFIX + "encryption_unknown_fields_total",
+            "Requests to encrypted namespaces carrying unknown length-delimited fields.",
+            ("namespace", "action"),
+            registry=registry,
+        )
+        self.cpu_seconds = Histogram(
+            PREFIX + "encryption_cpu_seconds",
+            "CPU time spent encrypting a request or decrypting a response, per method class.",
+            ("method_class", "direction"),
+            buckets=_CRYPTO_BUCKETS,
+            registry=registry,
+        )
+        self.reload_total = Counter(
+            PREFIX + "encryption_reload_total",
+            "SIGHUP reloads of encryption and codec.keys, by result.",
+            ("result",),
+            registry=registry,
+        )
+        labels = (*sorted(self.namespace_labels), OTHER_NAMESPACE)
+        self._payloads = {
+            (ns, o): self.payloads_total.labels(namespace=ns, outcome=o)
+            for ns in labels
+            for o in ENCRYPTION_OUTCOMES
+        }
+        self._failures = {
+            (ns, r): self.failures_total.labels(namespace=ns, reason=r)
+            for ns in labels
+            for r in ENCRYPTION_FAILURE_REASONS
+        }
+        self._unknown = {
+            (ns, a): self.unknown_fields_total.labels(namespace=ns, action=a)
+            for ns in labels
+            for a in ENCRYPTION_UNKNOWN_FIELD_ACTIONS
+        }
+        self._cpu = {
+            (c, d): self.cpu_seconds.labels(method_class=c, direction=d)
+            for c in ENCRYPTION_METHOD_CLASSES
+            for d in ENCRYPTION_DIRECTIONS
+        }
+        for result in ("success", "failure"):
+            self.reload_total.labels(result=result)
+
+    def namespace_label(self, namespace: str) -> str:
+        return namespace if namespace in self.namespace_labels else OTHER_NAMESPACE
+
+    def payloads(self, ns_label: str, outcome: str) -> Counter:
+        return self._payloads[(ns_label, outcome)]
+
+    def failure(self, ns_label: str, reason: str) -> Counter:
+        return self._failures[(ns_label, reason)]
+
+    def unknown_fields(self, ns_label: str, action: str) -> Counter:
+        return self._unknown[(ns_label, action)]
+
+    def cpu(self, method_class: str, direction: str) -> Histogram:
+        return self._cpu[(method_class, direction)]
+
+
+def set_build_info(registry: CollectorRegistry, *, version: str, temporal_api: str) -> Gauge:
+    """`temporal_auth_proxy_build_info{version, temporal_api}` = 1."""
+    gauge = Gauge(
+        PREFIX + "build_info",
+        "Always 1: the proxy's version and the Temporal API descriptors it ships.",
+        ("version", "temporal_api"),
+        registry=registry,
+        multiprocess_mode="max",
+    )
+    gauge.labels(version=version, temporal_api=temporal_api).set(1)
+    return gauge

@@ -75,10 +75,17 @@ class Supervisor:
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._stopping = True
 
+    def _on_hup(self, signum: int, _frame: object) -> None:
+        # Each worker reloads its own certificates and encryption settings.
+        for proc in self._procs.values():
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGHUP)
+
     def run(self) -> int:
         prepare_metrics_dir()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
         for slot in range(self._count):
             self._spawn(slot)
         last_restart: dict[int, float] = {}
