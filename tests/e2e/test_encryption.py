@@ -1,0 +1,583 @@
+"""Payload encryption at the proxy, end to end: the real dev server, the real Python SDK worker
+and client through the proxy, the real `temporal` CLI. Namespace `other` is encrypted, `default`
+is not; histories are read DIRECTLY from the dev server to see what Temporal stores."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+import yaml
+from google.protobuf.message import Message
+from temporalio.api.common.v1 import Payload, Payloads, WorkflowExecution, WorkflowType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import (
+    GetWorkflowExecutionHistoryRequest,
+    RespondActivityTaskCompletedRequest,
+    StartWorkflowExecutionRequest,
+)
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleIntervalSpec,
+    ScheduleSpec,
+    ScheduleState,
+    WorkflowFailureError,
+)
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.worker import Worker
+
+from tests.e2e import sdk
+from tests.e2e.conftest import ProxyFactory
+from tests.e2e.enc_workflows import (
+    ChildOrder,
+    DecliningWorkflow,
+    Order,
+    OrderWorkflow,
+    charge,
+    decline,
+)
+from tests.e2e.rig import (
+    LOOPBACK,
+    TEMPORAL,
+    Pki,
+    ProxyProcess,
+    TemporalDevServer,
+    cli,
+    jwt_authorization,
+    mtls_channel,
+    sample,
+    wait_until,
+)
+
+ENC_NS = "other"
+PLAIN_NS = "default"
+KEYS = {"k1": os.urandom(32), "k2": os.urandom(32)}
+ENCRYPTED = b"binary/encrypted"
+SA_NAME = "EncKeyword"
+SA = SearchAttributeKey.for_keyword(SA_NAME)
+WF = "/temporal.api.workflowservice.v1.WorkflowService/"
+PAYLOAD_TYPE = "temporal.api.common.v1.Payload"
+SA_TYPE = "temporal.api.common.v1.SearchAttributes"
+T = TypeVar("T")
+
+
+def enc_overrides(key_id: str = "k1", unknown: str = "reject") -> dict[str, Any]:
+    return {
+        "codec": {
+            "enabled": True,
+            "keys": {k: base64.b64encode(v).decode() for k, v in KEYS.items()},
+            "encryptKeyId": "k1",
+        },
+        "encryption": {"namespaces": {ENC_NS: {"keyId": key_id}}, "unknownFields": unknown},
+        "metrics": {"namespaceLabels": [ENC_NS]},
+    }
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def len_field(number: int, data: bytes) -> bytes:
+    return varint(number << 3 | 2) + varint(len(data)) + data
+
+
+def payloads_in(msg: Message, under_sa: bool = False) -> Iterator[tuple[bool, Any]]:
+    """Every Payload under `msg` (any depth, maps included), flagged when inside
+    SearchAttributes. Independent of the proxy's own descriptor plan."""
+    for fd, value in msg.ListFields():
+        mt = fd.message_type
+        if mt is None:
+            continue
+        sa = under_sa or mt.full_name == SA_TYPE
+        if mt.GetOptions().map_entry:
+            if mt.fields_by_name["value"].message_type is None:
+                continue
+            items = list(value.values())
+        elif fd.is_repeated:
+            items = list(value)
+        else:
+            items = [value]
+        for item in items:
+            if item.DESCRIPTOR.full_name == PAYLOAD_TYPE:
+                yield sa, item
+            else:
+                yield from payloads_in(item, sa)
+
+
+async def until(fetch: Callable[[], Awaitable[T]], ok: Callable[[T], bool], seconds: float) -> T:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            value = await fetch()
+            if ok(value):
+                return value
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {seconds} s")
+        await asyncio.sleep(0.2)
+
+
+@dataclass
+class Outcome:
+    result: dict[str, Any]
+    query: dict[str, Any]
+    update: str
+    failure_details: list[Any]
+    memo: str
+    search_attribute: str | None
+    schedule_arg: Payload
+    schedule_memo: str
+    executions: list[tuple[str, str]]  # (workflow id, run id) of every run
+    listed_memo: str
+    schedule_id: str
+
+
+async def scenario(client: Client, secret: str) -> Outcome:
+    """Activities, a child, signal, query, update, continue-as-new, memo, a search attribute,
+    a failure with details and a schedule, all carrying `secret` in payloads only."""
+    tag = uuid.uuid4().hex[:8]
+    queue, wid, sid = f"enc-{tag}", f"order-{tag}", f"sched-{tag}"
+    workflows = [OrderWorkflow, ChildOrder, DecliningWorkflow]
+    async with Worker(client, task_queue=queue, workflows=workflows, activities=[charge, decline]):
+        handle = await client.start_workflow(
+            OrderWorkflow.run,
+            args=[Order(secret=secret, amount=5), 1],
+            id=wid,
+            task_queue=queue,
+            memo={"note": f"memo {secret}"},
+            search_attributes=TypedSearchAttributes([SearchAttributePair(SA, "sa-visible")]),
+        )
+        first_run = handle.first_execution_run_id or handle.result_run_id or ""
+        # The run after continue-as-new answers rounds == 0; talk to it only then.
+        await until(
+            lambda: handle.query(OrderWorkflow.state), lambda s: s["rounds"] == 0, seconds=20
+        )
+        update = await handle.execute_update(OrderWorkflow.set_note, f"note {secret}")
+        await handle.signal(OrderWorkflow.approve, f"approver {secret}")
+        result = await handle.result()
+        query = await handle.query(OrderWorkflow.state)
+        desc = await handle.describe()
+        memo = await desc.memo_value("note", type_hint=str)
+        listed = await until(lambda: _listed_memo(client, wid), lambda m: m is not None, seconds=15)
+        declining = await client.start_workflow(
+            DecliningWorkflow.run, secret, id=f"decline-{tag}", task_queue=queue
+        )
+        with pytest.raises(WorkflowFailureError) as failed:
+            await declining.result()
+        cause = failed.value.cause
+        details = list(getattr(getattr(cause, "cause", None), "details", ()))
+        schedule = await client.create_schedule(
+            sid,
+            Schedule(
+                action=ScheduleActionStartWorkflow(
+                    ChildOrder.run, f"scheduled {secret}", id=f"{sid}-wf", task_queue=queue
+                ),
+                spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(hours=1))]),
+                state=ScheduleState(paused=True),
+            ),
+            memo={"m": f"schedule memo {secret}"},
+        )
+        sdesc = await schedule.describe()
+        action = sdesc.schedule.action
+        assert isinstance(action, ScheduleActionStartWorkflow)
+        schedule_arg = action.args[0]
+        assert isinstance(schedule_arg, Payload)
+        schedule_memo = await sdesc.memo_value("m", type_hint=str)
+    second_run = desc.run_id
+    executions = [
+        (wid, first_run),
+        (wid, second_run),
+        (f"{wid}-child", ""),
+        (f"decline-{tag}", ""),
+    ]
+    return Outcome(
+        result=result,
+        query=query,
+        update=update,
+        failure_details=details,
+        memo=memo,
+        search_attribute=desc.typed_search_attributes.get(SA),
+        schedule_arg=schedule_arg,
+        schedule_memo=schedule_memo,
+        executions=executions,
+        listed_memo=listed or "",
+        schedule_id=sid,
+    )
+
+
+async def _listed_memo(client: Client, wid: str) -> str | None:
+    async for execution in client.list_workflows(f'WorkflowId = "{wid}"'):
+        value: str = await execution.memo_value("note", type_hint=str)
+        return value
+    return None
+
+
+def check_outcome(out: Outcome, secret: str) -> None:
+    assert out.result == {
+        "charged": f"charged {secret} 5",
+        "child": f"child saw {secret}",
+        "approved": f"approver {secret}",
+        "note": f"note {secret}",
+    }
+    assert out.query == {"rounds": 0, "note": f"note {secret}"}
+    assert out.update == f"noted note {secret}"
+    assert out.failure_details == [{"why": secret}]
+    assert out.memo == out.listed_memo == f"memo {secret}"
+    assert out.search_attribute == "sa-visible"
+    assert out.schedule_arg.metadata["encoding"] == b"json/plain"
+    assert json.loads(out.schedule_arg.data) == f"scheduled {secret}"
+    assert out.schedule_memo == f"schedule memo {secret}"
+
+
+async def direct_histories(
+    temporal: TemporalDevServer, namespace: str, executions: list[tuple[str, str]]
+) -> list[Any]:
+    """The stored histories, read from the dev server itself (no proxy)."""
+    client = await Client.connect(temporal.address, namespace=namespace)
+    events: list[Any] = []
+    for wid, rid in executions:
+        history = await client.get_workflow_handle(wid, run_id=rid or None).fetch_history()
+        events.extend(history.events)
+    return events
+
+
+def payload_bytes(events: list[Any]) -> list[bytes]:
+    return sorted(p.SerializeToString() for e in events for _, p in payloads_in(e))
+
+
+async def ensure_search_attribute(pki: Pki, proxy: ProxyProcess) -> None:
+    """Create EncKeyword in both namespaces with the real CLI through the proxy."""
+    for ns in (ENC_NS, PLAIN_NS):
+        await asyncio.to_thread(
+            cli,
+            pki,
+            proxy.address,
+            "operator",
+            "search-attribute",
+            "create",
+            "--name",
+            SA_NAME,
+            "--type",
+            "Keyword",
+            "--namespace",
+            ns,
+        )
+        listed = await asyncio.to_thread(
+            cli, pki, proxy.address, "operator", "search-attribute", "list", "--namespace", ns
+        )
+        assert SA_NAME in listed.stdout, listed.stdout + listed.stderr
+
+
+def cli_data(stdout: str) -> list[bytes]:
+    """Every payload `data` of the CLI's JSON output, decoded."""
+    found: list[bytes] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "data" and isinstance(value, str):
+                    found.append(base64.b64decode(value))
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for line in stdout.splitlines() or [stdout]:
+        try:
+            walk(json.loads(line))
+        except ValueError:
+            walk(json.loads(stdout))
+            break
+    return found
+
+
+# ------------------------------------------------------------------------------ tests
+
+
+@pytest.mark.slow
+async def test_encrypted_namespace_end_to_end(
+    start_proxy: ProxyFactory, pki: Pki, temporal: TemporalDevServer
+) -> None:
+    proxy = await asyncio.to_thread(start_proxy, enc_overrides())
+    await ensure_search_attribute(pki, proxy)
+    secret = f"s3cret-{uuid.uuid4().hex[:10]}"
+
+    # Encrypted namespace: everything correct as the SDK sees it through the proxy.
+    enc_client = await sdk.connect(pki, proxy.address, namespace=ENC_NS)
+    enc = await scenario(enc_client, secret)
+    check_outcome(enc, secret)
+
+    # What Temporal stores: no plaintext payload, every payload sealed with k1, SAs readable.
+    events = await direct_histories(temporal, ENC_NS, enc.executions)
+    found = [(sa, p) for e in events for sa, p in payloads_in(e)]
+    sealed = [p for sa, p in found if not sa]
+    assert len(sealed) >= 15, len(sealed)
+    for p in sealed:
+        assert p.metadata["encoding"] == ENCRYPTED, p
+        assert p.metadata["encryption-key-id"] == b"k1"
+    assert any(sa and b"sa-visible" in p.data for sa, p in found)
+    for e in events:
+        assert secret.encode() not in e.SerializeToString(), e
+    # The schedule as stored: its action input and memo are sealed too.
+    direct_enc = await Client.connect(temporal.address, namespace=ENC_NS)
+    stored = (await direct_enc.get_schedule_handle(enc.schedule_id).describe()).raw_description
+    stored_payloads = [
+        *stored.schedule.action.start_workflow.input.payloads,
+        *stored.memo.fields.values(),
+    ]
+    assert len(stored_payloads) == 2
+    assert all(p.metadata["encoding"] == ENCRYPTED for p in stored_payloads)
+    assert secret.encode() not in stored.SerializeToString()
+    await direct_enc.get_schedule_handle(enc.schedule_id).delete()
+
+    # The CLI straight at the server shows ciphertext; with the proxy's Codec Server, plaintext.
+    wid, rid = enc.executions[1]
+    show = [TEMPORAL, "workflow", "show", "--workflow-id", wid, "--run-id", rid]
+    show += ["--namespace", ENC_NS, "--address", temporal.address, "--output", "json"]
+    raw = await asyncio.to_thread(subprocess.run, show, capture_output=True, text=True, timeout=30)
+    assert raw.returncode == 0, raw.stderr
+    assert not any(secret.encode() in d for d in cli_data(raw.stdout))
+    codec = [*show, "--codec-endpoint", f"http://{LOOPBACK}:{proxy.admin_port}"]
+    dec = await asyncio.to_thread(subprocess.run, codec, capture_output=True, text=True, timeout=30)
+    assert dec.returncode == 0, dec.stderr
+    assert json.dumps(f"charged {secret} 5").encode() in cli_data(dec.stdout)
+    # And the CLI through the proxy sees plaintext without any codec.
+    through = await asyncio.to_thread(
+        cli, pki, proxy.address, "workflow", "show", "--workflow-id", wid, "--run-id", rid,
+        "--namespace", ENC_NS, "--output", "json",
+    )  # fmt: skip
+    assert through.returncode == 0, through.stderr
+    assert json.dumps(f"charged {secret} 5").encode() in cli_data(through.stdout)
+
+    # The namespace without encryption: correct, and stored exactly as without the proxy.
+    plain_client = await sdk.connect(pki, proxy.address, namespace=PLAIN_NS)
+    plain = await scenario(plain_client, secret)
+    check_outcome(plain, secret)
+    direct_client = await Client.connect(temporal.address, namespace=PLAIN_NS)
+    baseline = await scenario(direct_client, secret)
+    check_outcome(baseline, secret)
+    await plain_client.get_schedule_handle(plain.schedule_id).delete()
+    await direct_client.get_schedule_handle(baseline.schedule_id).delete()
+    via_proxy = payload_bytes(await direct_histories(temporal, PLAIN_NS, plain.executions))
+    without = payload_bytes(await direct_histories(temporal, PLAIN_NS, baseline.executions))
+    assert via_proxy == without
+    assert not any(ENCRYPTED in b for b in via_proxy)
+
+    metrics = proxy.metrics()
+    name = "temporal_auth_proxy_encryption_payloads_total"
+    assert (sample(metrics, name, namespace=ENC_NS, outcome="encrypted") or 0) >= 10
+    assert (sample(metrics, name, namespace=ENC_NS, outcome="decrypted") or 0) >= 10
+    assert sample(metrics, name, namespace="_other_", outcome="encrypted") == 0
+    cpu = "temporal_auth_proxy_encryption_cpu_seconds_count"
+    assert (sample(metrics, cpu, method_class="poll", direction="response") or 0) > 0
+    assert (sample(metrics, cpu, method_class="write", direction="request") or 0) > 0
+    info = next(e for e in proxy.events() if e.get("event") == "listening")
+    assert info["temporal_api"].startswith("temporalio-")
+    assert info["encrypted_namespaces"] == [ENC_NS]
+    assert sample(metrics, "temporal_auth_proxy_build_info", temporal_api=info["temporal_api"])
+
+
+def _start_raw(namespace: str, secret: str, extra: bytes = b"") -> bytes:
+    tag = uuid.uuid4().hex[:8]
+    req = StartWorkflowExecutionRequest(
+        namespace=namespace,
+        workflow_id=f"raw-{tag}",
+        workflow_type=WorkflowType(name="Nobody"),
+        task_queue=TaskQueue(name=f"nobody-{tag}"),
+        input=Payloads(
+            payloads=[
+                Payload(metadata={"encoding": b"json/plain"}, data=json.dumps(secret).encode())
+            ]
+        ),
+        request_id=str(uuid.uuid4()),
+    )
+    return req.SerializeToString() + extra
+
+
+def _call(pki: Pki, proxy: ProxyProcess, method: str, body: bytes, **kw: Any) -> bytes:
+    with mtls_channel(pki, proxy.address) as ch:
+        reply: bytes = ch.unary_unary(WF + method)(body, timeout=10, **kw)
+        return reply
+
+
+async def test_refusals_unknown_fields_no_namespace_and_undecryptable(
+    start_proxy: ProxyFactory, pki: Pki, temporal: TemporalDevServer
+) -> None:
+    proxy = await asyncio.to_thread(start_proxy, enc_overrides())
+    unknown = len_field(999, b"\x0a\x03abc")
+
+    # An unknown length-delimited field in a request to the encrypted namespace: refused.
+    with pytest.raises(grpc.RpcError) as refused:
+        _call(pki, proxy, "StartWorkflowExecution", _start_raw(ENC_NS, "u", unknown))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "StartWorkflowExecution" in refused.value.details()
+    assert "999" in refused.value.details()
+    # The namespace without encryption forwards it untouched (the server ignores it).
+    _call(pki, proxy, "StartWorkflowExecution", _start_raw(PLAIN_NS, "u", unknown))
+
+    # A task-token call without a namespace cannot be encrypted: refused, clearly.
+    token_call = RespondActivityTaskCompletedRequest(
+        task_token=b"opaque", result=Payloads(payloads=[Payload(data=b'"secret"')])
+    ).SerializeToString()
+    with pytest.raises(grpc.RpcError) as no_ns:
+        _call(pki, proxy, "RespondActivityTaskCompleted", token_call)
+    assert no_ns.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "without a namespace" in no_ns.value.details()
+
+    # Payloads stored under a key the proxy does not have, or tampered: the call fails and no
+    # ciphertext or plaintext is returned as if it were the payload.
+    direct = await Client.connect(temporal.address, namespace=ENC_NS)
+    for kid, reason in ((b"nope", "unknown_key"), (b"k1", "authentication")):
+        bad = Payload(
+            metadata={"encoding": ENCRYPTED, "encryption-key-id": kid}, data=os.urandom(64)
+        )
+        wid = f"bad-{reason}-{uuid.uuid4().hex[:6]}"
+        await direct.workflow_service.start_workflow_execution(
+            StartWorkflowExecutionRequest(
+                namespace=ENC_NS,
+                workflow_id=wid,
+                workflow_type=WorkflowType(name="Nobody"),
+                task_queue=TaskQueue(name="nobody"),
+                input=Payloads(payloads=[bad]),
+                request_id=str(uuid.uuid4()),
+            )
+        )
+        history = GetWorkflowExecutionHistoryRequest(
+            namespace=ENC_NS, execution=WorkflowExecution(workflow_id=wid)
+        ).SerializeToString()
+        with pytest.raises(grpc.RpcError) as lost:
+            _call(pki, proxy, "GetWorkflowExecutionHistory", history)
+        assert lost.value.code() == grpc.StatusCode.DATA_LOSS
+        assert lost.value.details() == (
+            f"temporal-auth-proxy: payload cannot be decrypted ({reason})"
+        )
+
+    metrics = proxy.metrics()
+    fail = "temporal_auth_proxy_encryption_failures_total"
+    assert sample(metrics, fail, namespace=ENC_NS, reason="unknown_field") == 1
+    assert sample(metrics, fail, namespace="_other_", reason="no_namespace") == 1
+    assert sample(metrics, fail, namespace=ENC_NS, reason="decrypt_unknown_key") == 1
+    assert sample(metrics, fail, namespace=ENC_NS, reason="decrypt_authentication") == 1
+    unknown_total = "temporal_auth_proxy_encryption_unknown_fields_total"
+    assert sample(metrics, unknown_total, namespace=ENC_NS, action="rejected") == 1
+    refusals = [e for e in proxy.events() if e.get("event") == "encryption_refused"]
+    assert {e["reason"] for e in refusals} == {
+        "unknown_field",
+        "no_namespace",
+        "decrypt_unknown_key",
+        "decrypt_authentication",
+    }
+
+
+async def test_authorization_comes_first_and_forward_mode_counts(
+    start_proxy: ProxyFactory, pki: Pki, temporal: TemporalDevServer
+) -> None:
+    cfg = enc_overrides(unknown="forward")
+    cfg["authorization"] = jwt_authorization(pki)
+    proxy = await asyncio.to_thread(start_proxy, cfg)
+    unknown = len_field(999, b"\x0a\x03abc")
+    reader = [("authorization", f"Bearer {pki.token(f'{ENC_NS}:read')}")]
+    writer = [("authorization", f"Bearer {pki.token(f'{ENC_NS}:write')}")]
+
+    # Denied first: never parsed for payloads (no encryption failure, no unknown-field count).
+    with pytest.raises(grpc.RpcError) as denied:
+        _call(
+            pki, proxy, "StartWorkflowExecution", _start_raw(ENC_NS, "d", unknown), metadata=reader
+        )
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    metrics = proxy.metrics()
+    unknown_total = "temporal_auth_proxy_encryption_unknown_fields_total"
+    assert sample(metrics, unknown_total, namespace=ENC_NS, action="forwarded") == 0
+
+    # unknownFields: forward passes the call, counts it, and still seals the known payloads.
+    secret = f"fwd-{uuid.uuid4().hex[:8]}"
+    body = _start_raw(ENC_NS, secret, unknown)
+    _call(pki, proxy, "StartWorkflowExecution", body, metadata=writer)
+    wid = StartWorkflowExecutionRequest.FromString(body).workflow_id
+    assert sample(proxy.metrics(), unknown_total, namespace=ENC_NS, action="forwarded") == 1
+    events = await direct_histories(temporal, ENC_NS, [(wid, "")])
+    stored = [p for e in events for sa, p in payloads_in(e) if not sa]
+    assert stored and all(p.metadata["encoding"] == ENCRYPTED for p in stored)
+    assert all(secret.encode() not in e.SerializeToString() for e in events)
+
+
+async def test_key_rotation_by_sighup(
+    start_proxy: ProxyFactory, pki: Pki, temporal: TemporalDevServer
+) -> None:
+    proxy = await asyncio.to_thread(start_proxy, enc_overrides("k1"))
+    client = await sdk.connect(pki, proxy.address, namespace=ENC_NS)
+
+    async def run(secret: str) -> tuple[str, set[bytes]]:
+        queue, wid = f"rot-{uuid.uuid4().hex[:8]}", f"rot-{uuid.uuid4().hex[:8]}"
+        async with Worker(client, task_queue=queue, workflows=[ChildOrder]):
+            assert (
+                await client.execute_workflow(ChildOrder.run, secret, id=wid, task_queue=queue)
+                == f"child saw {secret}"
+            )
+        events = await direct_histories(temporal, ENC_NS, [(wid, "")])
+        kids = {
+            p.metadata["encryption-key-id"] for e in events for sa, p in payloads_in(e) if not sa
+        }
+        return wid, kids
+
+    old_wid, kids = await run("before")
+    assert kids == {b"k1"}
+
+    def reload(config: dict[str, Any], event: str) -> None:
+        before = sum(1 for e in proxy.events() if e.get("event") == event)
+        proxy.config_path.write_text(yaml.safe_dump(config))
+        proxy.proc.send_signal(signal.SIGHUP)
+        wait_until(
+            lambda: sum(1 for e in proxy.events() if e.get("event") == event) > before,
+            10,
+            0.1,
+            event,
+        )
+
+    rotated = dict(proxy.config)
+    rotated["encryption"] = {"namespaces": {ENC_NS: {"keyId": "k2"}}, "unknownFields": "reject"}
+    await asyncio.to_thread(reload, rotated, "encryption_reloaded")
+    _, kids = await run("after")
+    assert kids == {b"k2"}
+    # Old histories still decrypt (k1 stays in the ring).
+    assert await client.get_workflow_handle(old_wid).result() == "child saw before"
+
+    # A bad reload keeps the running settings: logged, counted, k2 still in use.
+    broken = dict(rotated)
+    broken["encryption"] = {"namespaces": {ENC_NS: {"keyId": "k9"}}}
+    await asyncio.to_thread(reload, broken, "encryption_reload_failed")
+    failed = [e for e in proxy.events() if e.get("event") == "encryption_reload_failed"]
+    assert failed[-1]["path"] == f"encryption.namespaces.{ENC_NS}.keyId"
+    reloads = "temporal_auth_proxy_encryption_reload_total"
+    assert sample(proxy.metrics(), reloads, result="failure") == 1
+    _, kids = await run("still")
+    assert kids == {b"k2"}
+
+    # Other sections are not applied by SIGHUP: the proxy says a restart is needed.
+    other = dict(rotated)
+    other["log"] = {**rotated["log"], "maxValueLength": 2048}
+    await asyncio.to_thread(reload, other, "restart_required")
+    needed = [e for e in proxy.events() if e.get("event") == "restart_required"]
+    assert needed[-1]["sections"] == ["log"]
