@@ -15,6 +15,7 @@ from proxy.authz.build import build_authorizer
 from proxy.authz.cedar import CedarAuthorizer, CedarExplanation
 from proxy.claims.build import build_claim_mapper
 from proxy.config import Config
+from proxy.encryption.service import PayloadEncryption
 from proxy.errors import ConfigError
 from proxy.gate import Verdict, build_gate
 from proxy.keys.build import build_key_provider
@@ -27,7 +28,7 @@ from proxy.methods import (
     OPERATOR_SERVICE_PREFIX,
     WORKFLOW_SERVICE_PREFIX,
 )
-from proxy.metrics import build_proxy_metrics
+from proxy.metrics import EncryptionMetrics, build_proxy_metrics
 from proxy.model import CallTarget, Claims, MethodInfo, PeerIdentity, Reason, Result, Role, Scope
 from proxy.tls.peer import identity_from_pem
 from proxy.wire.write import encode_len_field
@@ -68,6 +69,8 @@ class Explanation:
     key_failures: list[dict[str, str]] = field(default_factory=list)
     # authorizer: cedar: the Cedar request and decisions (None with other authorizers).
     cedar: dict[str, Any] | None = None
+    # What payload encryption would do with this call (README "Encryption at the proxy").
+    payload_encryption: str = ""
 
     @property
     def allowed(self) -> bool:
@@ -107,6 +110,7 @@ class Explanation:
             "rule": self.rule,
             "details": self.details,
             "key_failures": self.key_failures,
+            "payload_encryption": self.payload_encryption,
         }
 
     def as_text(self) -> str:
@@ -134,6 +138,8 @@ class Explanation:
         lines.extend(_cedar_lines(self.cedar))
         lines.extend(f"detail:    {d}" for d in self.details)
         lines.extend(f"keys:      not loaded: {_describe_failure(f)}" for f in self.key_failures)
+        if self.payload_encryption:
+            lines.append(f"payloads:  {self.payload_encryption}")
         return "\n".join(lines)
 
 
@@ -376,6 +382,7 @@ async def explain(
         details=details,
         key_failures=failures,
         cedar=cedar,
+        payload_encryption=_payload_encryption(cfg, info, verdict, capture),
     )
 
 
@@ -383,3 +390,12 @@ def render(explanation: Explanation, as_json: bool) -> str:
     if as_json:
         return json.dumps(explanation.as_dict(), indent=2, sort_keys=True)
     return explanation.as_text()
+
+
+def _payload_encryption(cfg: Config, info: MethodInfo, verdict: Verdict, logger: Any) -> str:
+    if not verdict.allowed:
+        return "not inspected (denied calls are never parsed for payloads)"
+    enc = PayloadEncryption.build(
+        cfg, metrics=EncryptionMetrics(CollectorRegistry()), logger=logger
+    )
+    return enc.describe(info, verdict.namespace)

@@ -199,6 +199,33 @@ class PayloadEncryption:
             logger=self._log,
         )
 
+    def describe(self, info: MethodInfo, namespace: str) -> str:
+        """What `call` would do with this call's payloads, in words (for `explain`)."""
+        settings = self.settings
+        if not settings.enabled:
+            return "not encrypted (encryption.namespaces is empty)"
+        keys = settings.keys.get(namespace)
+        if keys is None:
+            if info.scope is not Scope.NAMESPACE:
+                return "not encrypted (cluster-scoped call)"
+            if namespace:
+                return f"not encrypted (namespace {namespace!r} is not in encryption.namespaces)"
+            if info.full_name in settings.need_namespace or info.full_name not in self.plan.methods:
+                return "refused: FAILED_PRECONDITION (no namespace while encryption is on)"
+            return "not encrypted (carries no payloads)"
+        mp = self.plan.methods.get(info.full_name)
+        if mp is None:
+            return "refused: FAILED_PRECONDITION (method not in the shipped Temporal API)"
+        unknown = "refused" if settings.reject_unknown else "forwarded and counted"
+        if mp.request is None and mp.response is None:
+            what = "no payloads in this method; the request is checked for unknown fields"
+        else:
+            what = "request payloads sealed, response payloads opened"
+        return (
+            f"encrypted with key id {keys.encrypt_key_id!r} ({what}; unknown request fields "
+            f"{unknown}; encryption.namespaces.{namespace})"
+        )
+
     def _check_no_namespace(self, info: MethodInfo) -> None:
         if (
             info.full_name not in self.settings.need_namespace
