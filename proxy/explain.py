@@ -67,9 +67,8 @@ class Explanation:
     details: list[str] = field(default_factory=list)
     # Key sources that could not be loaded here: {"source": key path, "issuer", "error"}.
     key_failures: list[dict[str, str]] = field(default_factory=list)
-    # authorizer: cedar: the Cedar request and decisions (None with other authorizers).
-    cedar: dict[str, Any] | None = None
-    # What payload encryption would do with this call (README "Encryption at the proxy").
+    # What payload encryption would do with this call (README "Encryption at the proxy");
+    # empty (and left out of the output) when no namespace is encrypted.
     payload_encryption: str = ""
 
     @property
@@ -87,6 +86,8 @@ class Explanation:
                     k: list(v) for k, v in sorted(c.token_claims.items())
                 }
                 out["claims"]["certificate"] = c.peer.subject if c.peer is not None else None
+        if self.payload_encryption:  # only when some namespace is encrypted
+            out["payload_encryption"] = self.payload_encryption
         return out
 
     def _as_dict(self) -> dict[str, Any]:
@@ -110,7 +111,6 @@ class Explanation:
             "rule": self.rule,
             "details": self.details,
             "key_failures": self.key_failures,
-            "payload_encryption": self.payload_encryption,
         }
 
     def as_text(self) -> str:
@@ -393,6 +393,9 @@ def render(explanation: Explanation, as_json: bool) -> str:
 
 
 def _payload_encryption(cfg: Config, info: MethodInfo, verdict: Verdict, logger: Any) -> str:
+    """Empty without `encryption.namespaces` (nothing to say, output as before)."""
+    if not cfg.encryption.namespaces:
+        return ""
     if not verdict.allowed:
         return "not inspected (denied calls are never parsed for payloads)"
     enc = PayloadEncryption.build(
