@@ -1,22 +1,31 @@
 """Micro-benchmark of the payload-encryption engine (proxy.encryption), CPU only, no sockets.
 
-    .venv/bin/python bench/encryption.py [--rounds N]
+    .venv/bin/python bench/encryption.py [--rounds N] [--json PATH]
+
+`make bench` runs it as its last stage (`bench/run.py --only encryption` runs it alone).
 
 Cases (from issue 17): a StartWorkflowExecution request with a 1 KiB input (encrypt), and a
 PollWorkflowTaskQueue response with a 100-event history (decrypt, and encrypt to produce it).
 Each case prints the CPU time per call with encryption on, the same body's protobuf
 parse + serialize alone, and the budget `40 us + 15 us * payloads`. With encryption off the
 engine is not called at all (zero added). Builds messages with temporalio (a test dependency).
+
+The second table is what the forwarder adds per call (proxy/forward.py calls exactly these):
+`PayloadEncryption.call(info, namespace)` then `.seal(request)` or `.open(response)`, metrics
+and CPU accounting included, for the encrypted namespace (`payments`) and for a namespace
+without encryption (`default`: `call` returns None after one dict look-up).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
 from collections.abc import Callable
 
+from prometheus_client import CollectorRegistry
 from temporalio.api.common.v1 import (
     ActivityType,
     Header,
@@ -49,7 +58,9 @@ from temporalio.api.workflowservice.v1 import (
     StartWorkflowExecutionRequest,
 )
 
+from proxy import methods
 from proxy.codec.payload import KeyRing
+from proxy.config import parse_config
 from proxy.encryption import (
     EncryptionPlan,
     NamespaceKeys,
@@ -57,6 +68,8 @@ from proxy.encryption import (
     encrypt_message,
     encrypt_request,
 )
+from proxy.encryption.service import PayloadEncryption
+from proxy.metrics import EncryptionMetrics
 
 WF = "/temporal.api.workflowservice.v1.WorkflowService/"
 # Bounded in count and in time: whichever ends first.
@@ -179,9 +192,98 @@ def _per_call(fn: Callable[[], object], rounds: int) -> float:
     return statistics.median(samples)
 
 
+class _NoLog:
+    def _log(self, event: str, **kw: object) -> None:
+        return None
+
+    debug = info = warning = error = _log
+
+
+def wiring(rounds: int, key: bytes) -> list[dict[str, object]]:
+    """Per call, what the forwarder adds: encrypted namespace vs a namespace without it."""
+    import base64
+
+    cfg = parse_config(
+        {
+            "upstream": {"address": "127.0.0.1:7233"},
+            "authorization": {"authorizer": "noop", "claimMapper": "noop"},
+            "codec": {"keys": {"2026-11": base64.b64encode(key).decode()}},
+            "encryption": {"namespaces": {"payments": {"keyId": "2026-11"}}},
+            "metrics": {"namespaceLabels": ["payments"]},
+        }
+    )
+    metrics = EncryptionMetrics(CollectorRegistry(), namespace_labels=["payments"])
+    svc = PayloadEncryption.build(cfg, metrics=metrics, logger=_NoLog())
+    start_info = methods.lookup(WF + "StartWorkflowExecution")
+    poll_info = methods.lookup(WF + "PollWorkflowTaskQueue")
+    assert start_info is not None and poll_info is not None
+    start_body = start_request()
+    poll_sealed = encrypt_message(
+        svc.plan,
+        "temporal.api.workflowservice.v1.PollWorkflowTaskQueueResponse",
+        poll_response(),
+        svc.settings.keys["payments"],
+    )
+
+    def start_on() -> object:
+        crypto = svc.call(start_info, "payments")
+        assert crypto is not None
+        return crypto.seal(start_body)
+
+    def poll_on() -> object:
+        crypto = svc.call(poll_info, "payments")
+        assert crypto is not None
+        return crypto.open(poll_sealed.body)
+
+    cases = [
+        ("StartWorkflowExecution, 1 KiB input (request sealed)", 1, start_on, start_info),
+        (
+            "PollWorkflowTaskQueue, 100-event history (response opened)",
+            poll_sealed.encrypted,
+            poll_on,
+            poll_info,
+        ),
+    ]
+    rows: list[dict[str, object]] = []
+    for name, payloads, on, info in cases:
+        on_us = _per_call(on, rounds) * 1e6
+        off_us = _per_call(lambda info=info: svc.call(info, "default"), rounds * 10) * 1e6
+        budget = 40 + 15 * payloads
+        rows.append(
+            {
+                "case": name,
+                "payloads": payloads,
+                "encrypted_us": round(on_us, 1),
+                "other_namespace_us": round(off_us, 2),
+                "budget_us": budget,
+                "met": on_us <= budget,
+            }
+        )
+    return rows
+
+
+def markdown(rows: list[dict[str, object]], label: str) -> str:
+    lines = [
+        f"Encryption at the proxy (API {label}): CPU the forwarder adds per call, median of "
+        "batches of 20, on this machine.",
+        "",
+        "| call | payloads | added, encrypted namespace | added, other namespace "
+        "| budget (40 us + 15 us/payload) | met |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['payloads']} | {r['encrypted_us']} us | "
+            f"{r['other_namespace_us']} us | {r['budget_us']} us | "
+            f"{'yes' if r['met'] else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=4000)
+    parser.add_argument("--json", default="", help="also write the results here")
     ns = parser.parse_args(argv)
     plan = EncryptionPlan.load()
     keys = NamespaceKeys.for_ring(KeyRing({"2026-11": os.urandom(32)}), "2026-11")
@@ -233,7 +335,14 @@ def main(argv: list[str] | None = None) -> int:
         budget = 40 + 15 * payloads
         flag = "ok" if engine <= budget else "OVER"
         print(f"{name:<66} {payloads:>8} {engine:>10.1f} {base:>13.1f} {budget:>10} {flag}")
-    return 0
+    rows = wiring(ns.rounds, os.urandom(32))
+    md = markdown(rows, plan.version.label())
+    print()
+    print(md)
+    if ns.json:
+        with open(ns.json, "w", encoding="utf-8") as f:
+            json.dump({"api": plan.version.label(), "rows": rows, "markdown": md}, f, indent=2)
+    return 0 if all(r["met"] for r in rows) else 1
 
 
 if __name__ == "__main__":

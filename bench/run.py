@@ -591,6 +591,11 @@ def report(cells: list[Cell], extras: dict[str, Any], out: Path, meta: dict[str,
                 f"{lp['ok']:,} answered OK after release, ramp {lp['ramp_seconds']:.1f} s."
             )
         lines.append("")
+    enc = extras.get("encryption")
+    if enc is not None:
+        lines += ["## Encryption at the proxy", ""]
+        lines.append(enc.get("markdown") or f"Failed: {enc.get('error')}")
+        lines.append("")
     lines += ["Plot: ![results](results.png)", ""]
     return "\n".join(lines)
 
@@ -830,8 +835,17 @@ def main() -> int:
     parser.add_argument("--upstreams", default="canned,temporal")
     parser.add_argument("--longpolls", type=int, default=10_000, help="0 to skip")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--only", choices=["encryption"], default="", help="run one stage alone (CPU only)"
+    )
     args = parser.parse_args()
     started = time.monotonic()
+    if args.only == "encryption":
+        out = args.out or HERE / "results" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out.mkdir(parents=True, exist_ok=True)
+        enc = run_encryption(out)
+        print(enc.get("markdown") or enc)
+        return 0 if "rows" in enc and all(r["met"] for r in enc["rows"]) else 1
 
     subprocess.run(["sh", str(HERE / "setup.sh"), str(BUILD)], check=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -899,6 +913,8 @@ def main() -> int:
 
     if baseline is not None:
         extras["baseline_pairs"] = compare_baseline(cells)
+    # Last, with the machine quiet again: CPU per call added by payload encryption.
+    extras["encryption"] = run_encryption(out)
     (out / "results.json").write_text(
         json.dumps({"meta": meta, "cells": [asdict(c) for c in cells], **extras}, indent=2)
     )
@@ -996,6 +1012,20 @@ def make_front(
         "proxy-base": lambda: Proxy(work, pki, up.address, name, "default", baseline=base()),
     }
     return factories[name]()
+
+
+def run_encryption(out: Path) -> dict[str, Any]:
+    """bench/encryption.py: StartWorkflowExecution (1 KiB input) and PollWorkflowTaskQueue
+    (100-event history), encryption on vs a namespace without it, CPU added per call."""
+    result = out / "encryption.json"
+    cmd = [PYTHON, str(HERE / "encryption.py"), "--json", str(result)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    try:
+        subprocess.run(cmd, check=False, timeout=180, env=env)
+        data: dict[str, Any] = json.loads(result.read_text())
+        return data
+    except Exception as exc:
+        return {"error": repr(exc)}
 
 
 def run_longpoll(n: int, out: Path, budget: float, retries: str) -> dict[str, Any]:
