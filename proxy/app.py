@@ -30,6 +30,8 @@ from proxy.authz.build import build_authorizer
 from proxy.authz.policy_build import PolicyReloader, build_policy_reloader
 from proxy.claims.build import build_claim_mapper
 from proxy.codec.build import build_codec_routes
+from proxy.codec.payload import PayloadCodec
+from proxy.codec.reload import ReloadableCodec
 from proxy.config import Config, load_config
 from proxy.encryption.service import PayloadEncryption, shipped_api_version
 from proxy.errors import ConfigError
@@ -85,6 +87,7 @@ class App:
     encryption_metrics: EncryptionMetrics | None = None
     temporal_api: str = ""  # the shipped Temporal API descriptors (ApiVersion.label())
     config_path: str | None = None  # re-read on SIGHUP for encryption and codec.keys
+    codec: ReloadableCodec | None = None  # the Codec Server's (codec.enabled)
     port: int = 0
     listening: bool = False
     draining: bool = False
@@ -135,14 +138,20 @@ class App:
         await self.reload_encryption()
 
     async def reload_encryption(self) -> bool:
-        """Re-read the config file: apply `encryption` and `codec.keys`/`codec.namespaceKeys`
-        to payload encryption (build, validate, swap); other changes need a restart."""
+        """Re-read the config file: apply `encryption` and the codec's keys (`codec.keys`,
+        `encryptKeyId`, `namespaceKeys`) to payload encryption and the Codec Server (build and
+        validate both, then swap); changes to anything else need a restart."""
         if self.config_path is None or self.encryption is None:
             return False
         encryption, metrics = self.encryption, self.encryption_metrics
         try:
             new = await asyncio.to_thread(load_config, self.config_path)
             settings = await asyncio.to_thread(encryption.settings_for, new)
+            codec = (
+                await asyncio.to_thread(PayloadCodec.from_config, new.codec)
+                if self.codec is not None and new.codec.enabled
+                else None
+            )
         except ConfigError as exc:
             self.log.error("encryption_reload_failed", error=str(exc), path=exc.path)
             if metrics is not None:
@@ -152,18 +161,18 @@ class App:
             self.cfg,
             encryption=new.encryption,
             codec=replace(
-                self.cfg.codec, keys=new.codec.keys, namespace_keys=new.codec.namespace_keys
+                self.cfg.codec,
+                keys=new.codec.keys,
+                encrypt_key_id=new.codec.encrypt_key_id,
+                namespace_keys=new.codec.namespace_keys,
             ),
         )
         restart = restart_sections(applied, new)
-        if applied.codec.enabled and (
-            applied.codec.keys != self.cfg.codec.keys
-            or applied.codec.namespace_keys != self.cfg.codec.namespace_keys
-        ):
-            restart.append("codec.keys (the Codec Server keeps its keys until restart)")
         if restart:
             self.log.warning("restart_required", sections=restart)
         encryption.swap(settings)
+        if codec is not None and self.codec is not None:
+            self.codec.swap(codec)
         self.cfg = applied
         if metrics is not None:
             metrics.reload_total.labels(result="success").inc()
@@ -500,9 +509,13 @@ def build(cfg: Config, *, logger: Logger, registry: CollectorRegistry | None = N
         encryption_metrics=encryption_metrics,
         temporal_api=temporal_api,
     )
+    if cfg.codec.enabled:
+        app.codec = ReloadableCodec(PayloadCodec.from_config(cfg.codec))
     app.admin = build_admin_app(
         registry=metrics_registry(registry, multiprocess_dir()),
         readiness=app.readiness,
-        extra_routes=build_codec_routes(cfg, mapper, registry, logger, authorizer=authorizer),
+        extra_routes=build_codec_routes(
+            cfg, mapper, registry, logger, authorizer=authorizer, codec=app.codec
+        ),
     )
     return app

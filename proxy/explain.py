@@ -67,6 +67,8 @@ class Explanation:
     details: list[str] = field(default_factory=list)
     # Key sources that could not be loaded here: {"source": key path, "issuer", "error"}.
     key_failures: list[dict[str, str]] = field(default_factory=list)
+    # authorizer: cedar: the Cedar request and decisions (None with other authorizers).
+    cedar: dict[str, Any] | None = None
     # What payload encryption would do with this call (README "Encryption at the proxy");
     # empty (and left out of the output) when no namespace is encrypted.
     payload_encryption: str = ""

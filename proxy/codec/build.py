@@ -27,16 +27,18 @@ def build_codec_routes(
     logger: Logger | None = None,
     *,
     authorizer: Authorizer | None = None,
+    codec: PayloadCodec | None = None,
 ) -> list[web.RouteDef]:
     """`logger`: the app's (the process logger when not given). `authorizer`: the gRPC side's;
     a policy authorizer (Cedar) then decides the codec's operations too. Temporal's default,
-    noop and plugins keep the codec's own role check."""
+    noop and plugins keep the codec's own role check. `codec`: the codec to serve (app passes a
+    ReloadableCodec: SIGHUP rotates its keys)."""
     if not cfg.codec.enabled:
         return []
     log: Logger = logger if logger is not None else logmod.get_logger()
     # Again here: a Config built in code skips parse_config's validation.
     validate_codec_exposure(cfg)
-    codec = PayloadCodec.from_config(cfg.codec)
+    codec = codec or PayloadCodec.from_config(cfg.codec)
     if not codec_requires_authorization(cfg):
         log.warning(
             "codec_unauthenticated",

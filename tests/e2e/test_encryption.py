@@ -75,12 +75,14 @@ SA_TYPE = "temporal.api.common.v1.SearchAttributes"
 T = TypeVar("T")
 
 
-def enc_overrides(key_id: str = "k1", unknown: str = "reject") -> dict[str, Any]:
+def enc_overrides(
+    key_id: str = "k1", unknown: str = "reject", keys: tuple[str, ...] = ("k1", "k2")
+) -> dict[str, Any]:
     return {
         "codec": {
             "enabled": True,
-            "keys": {k: base64.b64encode(v).decode() for k, v in KEYS.items()},
-            "encryptKeyId": "k1",
+            "keys": {k: base64.b64encode(KEYS[k]).decode() for k in keys},
+            "encryptKeyId": key_id,
         },
         "encryption": {"namespaces": {ENC_NS: {"keyId": key_id}}, "unknownFields": unknown},
         "metrics": {"namespaceLabels": [ENC_NS]},
@@ -526,7 +528,8 @@ async def test_authorization_comes_first_and_forward_mode_counts(
 async def test_key_rotation_by_sighup(
     start_proxy: ProxyFactory, pki: Pki, temporal: TemporalDevServer
 ) -> None:
-    proxy = await asyncio.to_thread(start_proxy, enc_overrides("k1"))
+    # k2 does not exist yet: it arrives with the rotation, for the proxy and its Codec Server.
+    proxy = await asyncio.to_thread(start_proxy, enc_overrides("k1", keys=("k1",)))
     client = await sdk.connect(pki, proxy.address, namespace=ENC_NS)
 
     async def run(secret: str) -> tuple[str, set[bytes]]:
@@ -556,13 +559,23 @@ async def test_key_rotation_by_sighup(
             event,
         )
 
-    rotated = dict(proxy.config)
-    rotated["encryption"] = {"namespaces": {ENC_NS: {"keyId": "k2"}}, "unknownFields": "reject"}
+    rotated = {**proxy.config, **enc_overrides("k2")}
     await asyncio.to_thread(reload, rotated, "encryption_reloaded")
-    _, kids = await run("after")
+    new_wid, kids = await run("after")
     assert kids == {b"k2"}
     # Old histories still decrypt (k1 stays in the ring).
     assert await client.get_workflow_handle(old_wid).result() == "child saw before"
+    # The Codec Server rotated too: the CLI straight at the server decodes both histories.
+    for wid, secret in ((old_wid, "before"), (new_wid, "after")):
+        show = [TEMPORAL, "workflow", "show", "--workflow-id", wid, "--namespace", ENC_NS]
+        show += ["--address", temporal.address, "--output", "json"]
+        show += ["--codec-endpoint", f"http://{LOOPBACK}:{proxy.admin_port}"]
+        done = await asyncio.to_thread(
+            subprocess.run, show, capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.dumps(f"child saw {secret}").encode() in cli_data(done.stdout)
+    assert not [e for e in proxy.events() if e.get("event") == "restart_required"]
 
     # A bad reload keeps the running settings: logged, counted, k2 still in use.
     broken = dict(rotated)
