@@ -594,3 +594,29 @@ async def test_key_rotation_by_sighup(
     await asyncio.to_thread(reload, other, "restart_required")
     needed = [e for e in proxy.events() if e.get("event") == "restart_required"]
     assert needed[-1]["sections"] == ["log"]
+
+
+async def test_sighup_reaches_every_worker(
+    start_proxy: ProxyFactory, pki: Pki, temporal: TemporalDevServer
+) -> None:
+    """With `listen.workers: 2` the supervisor passes SIGHUP on (it used to die of it)."""
+    cfg = enc_overrides("k1")
+    cfg["listen"] = {"address": f"{LOOPBACK}:0", "shutdownGracePeriod": "10s", "workers": 2}
+    proxy = await asyncio.to_thread(start_proxy, cfg)
+
+    def count(event: str) -> int:
+        return sum(1 for e in proxy.events() if e.get("event") == event)
+
+    wait_until(lambda: count("listening") == 2, 20, 0.1, "two workers listening")
+    proxy.config_path.write_text(yaml.safe_dump({**proxy.config, **enc_overrides("k2")}))
+    proxy.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: count("encryption_reloaded") == 2, 20, 0.1, "both workers reloading")
+    assert proxy.proc.poll() is None
+    client = await sdk.connect(pki, proxy.address, namespace=ENC_NS)
+    queue, wid = f"w2-{uuid.uuid4().hex[:8]}", f"w2-{uuid.uuid4().hex[:8]}"
+    async with Worker(client, task_queue=queue, workflows=[ChildOrder]):
+        result = await client.execute_workflow(ChildOrder.run, "two", id=wid, task_queue=queue)
+    assert result == "child saw two"
+    events = await direct_histories(temporal, ENC_NS, [(wid, "")])
+    kids = {p.metadata["encryption-key-id"] for e in events for sa, p in payloads_in(e) if not sa}
+    assert kids == {b"k2"}
