@@ -379,29 +379,30 @@ _CRYPTO_BUCKETS = (
 
 
 class EncryptionMetrics:
-    """Counters of payload encryption; the `namespace` label is always present, with the values
-    of `metrics.namespaceLabels` or `_other_` (never a caller-chosen string)."""
+    """Counters of payload encryption. As with `requests_total`, a `namespace` label exists only
+    when `metrics.namespaceLabels` lists namespaces, with those values or `_other_`."""
 
     def __init__(
         self, registry: CollectorRegistry, *, namespace_labels: Iterable[str] = ()
     ) -> None:
         self.namespace_labels = frozenset(namespace_labels)
+        ns = ("namespace",) if self.namespace_labels else ()
         self.payloads_total = Counter(
             PREFIX + "encryption_payloads_total",
-            "Payloads sealed, passed already encrypted, or opened by the proxy, by namespace.",
-            ("namespace", "outcome"),
+            "Payloads sealed, passed already encrypted, or opened by the proxy.",
+            (*ns, "outcome"),
             registry=registry,
         )
         self.failures_total = Counter(
             PREFIX + "encryption_failures_total",
-            "Calls failed by payload encryption, by namespace and reason.",
-            ("namespace", "reason"),
+            "Calls failed by payload encryption, by reason.",
+            (*ns, "reason"),
             registry=registry,
         )
         self.unknown_fields_total = Counter(
             PREFIX + "encryption_unknown_fields_total",
             "Requests to encrypted namespaces carrying unknown length-delimited fields.",
-            ("namespace", "action"),
+            (*ns, "action"),
             registry=registry,
         )
         self.cpu_seconds = Histogram(
@@ -413,24 +414,27 @@ class EncryptionMetrics:
         )
         self.reload_total = Counter(
             PREFIX + "encryption_reload_total",
-            "SIGHUP reloads of encryption and codec.keys, by result.",
+            "SIGHUP reloads of encryption and the codec's keys, by result.",
             ("result",),
             registry=registry,
         )
-        labels = (*sorted(self.namespace_labels), OTHER_NAMESPACE)
+        labels = (*sorted(self.namespace_labels), OTHER_NAMESPACE) if ns else ("",)
+
+        def child(counter: Counter, namespace: str, value: str) -> Counter:
+            args = (namespace, value) if namespace else (value,)
+            return counter.labels(*args)
+
         self._payloads = {
-            (ns, o): self.payloads_total.labels(namespace=ns, outcome=o)
-            for ns in labels
-            for o in ENCRYPTION_OUTCOMES
+            (n, o): child(self.payloads_total, n, o) for n in labels for o in ENCRYPTION_OUTCOMES
         }
         self._failures = {
-            (ns, r): self.failures_total.labels(namespace=ns, reason=r)
-            for ns in labels
+            (n, r): child(self.failures_total, n, r)
+            for n in labels
             for r in ENCRYPTION_FAILURE_REASONS
         }
         self._unknown = {
-            (ns, a): self.unknown_fields_total.labels(namespace=ns, action=a)
-            for ns in labels
+            (n, a): child(self.unknown_fields_total, n, a)
+            for n in labels
             for a in ENCRYPTION_UNKNOWN_FIELD_ACTIONS
         }
         self._cpu = {
@@ -442,6 +446,9 @@ class EncryptionMetrics:
             self.reload_total.labels(result=result)
 
     def namespace_label(self, namespace: str) -> str:
+        """The label value for `namespace` ("" when there is no namespace label)."""
+        if not self.namespace_labels:
+            return ""
         return namespace if namespace in self.namespace_labels else OTHER_NAMESPACE
 
     def payloads(self, ns_label: str, outcome: str) -> Counter:

@@ -357,3 +357,13 @@ def test_explain_names_payload_encryption() -> None:
     assert on.as_dict()["payload_encryption"] == on.payload_encryption
     off = asyncio.run(explain(cfg, method="StartWorkflowExecution", namespace="default"))
     assert "not in encryption.namespaces" in off.payload_encryption
+
+
+def test_no_namespace_label_unless_listed() -> None:
+    enc, registry, _ = service(config(metrics={}))
+    crypto = enc.call(method("StartWorkflowExecution"), "pay")
+    assert crypto is not None
+    crypto.seal(start_body())
+    name = "temporal_auth_proxy_encryption_payloads_total"
+    assert value(registry, name, outcome="encrypted") == 1
+    assert registry.get_sample_value(name, {"namespace": "pay", "outcome": "encrypted"}) is None
