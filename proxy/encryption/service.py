@@ -31,6 +31,7 @@ from proxy.encryption.errors import (
 from proxy.encryption.keys import NamespaceKeys
 from proxy.encryption.plan import EncryptionPlan
 from proxy.errors import ProxyError
+from proxy.interfaces import Logger
 from proxy.metrics import EncryptionMetrics
 from proxy.model import Access, MethodInfo, Scope
 
@@ -112,14 +113,14 @@ class PayloadEncryption:
 
     __slots__ = ("_log", "_metrics", "_plan", "settings")
 
-    def __init__(self, *, metrics: EncryptionMetrics, logger: Any) -> None:
+    def __init__(self, *, metrics: EncryptionMetrics, logger: Logger) -> None:
         self._metrics = metrics
         self._log = logger
         self._plan: EncryptionPlan | None = None
         self.settings = DISABLED
 
     @classmethod
-    def build(cls, cfg: Config, *, metrics: EncryptionMetrics, logger: Any) -> PayloadEncryption:
+    def build(cls, cfg: Config, *, metrics: EncryptionMetrics, logger: Logger) -> PayloadEncryption:
         """Validate and apply `cfg`'s encryption; raises ConfigError (key paths) at startup."""
         enc = cls(metrics=metrics, logger=logger)
         enc.swap(enc.settings_for(cfg))
@@ -268,7 +269,7 @@ class CallCrypto:
         namespace: str,
         reject_unknown: bool,
         metrics: EncryptionMetrics,
-        logger: Any,
+        logger: Logger,
     ) -> None:
         self._plan = plan
         self._keys = keys
