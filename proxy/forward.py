@@ -286,7 +286,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc h
                     try:
                         crypto = encryption.call(info, namespace)
                         if crypto is not None:
-                            upstream_request = crypto.seal(upstream_request)
+                            upstream_request = await crypto.seal_async(upstream_request)
                     except EncryptionRefused as exc:
                         code = exc.code
                         await context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
@@ -343,7 +343,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc h
                     await context.abort(status, details, trailing)
                 if crypto is not None:
                     try:
-                        response = crypto.open(response)
+                        response = await crypto.open_async(response)
                     except EncryptionRefused as exc:
                         code = exc.code
                         await context.abort(getattr(grpc.StatusCode, exc.code), exc.message)

@@ -10,6 +10,7 @@ and logged here. No grpc import: the forwarder maps the status name.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ MESSAGE_PREFIX = "temporal-auth-proxy: "
 DECRYPT_FAILED_CODE = "DATA_LOSS"
 # Field paths named in one refusal message / log line (a hostile request may carry thousands).
 MAX_PATHS_SHOWN = 8
+# Bodies from this size are sealed/opened on a worker thread: AES-GCM releases the GIL, so a
+# 64 MiB payload stalls the event loop for ~60 ms instead of ~300 ms (other calls keep moving).
+OFFLOAD_BYTES = 1024 * 1024
 
 
 def shipped_api_version() -> ApiVersion:
@@ -283,6 +287,18 @@ class CallCrypto:
     @property
     def key_id(self) -> str:
         return self._keys.encrypt_key_id
+
+    async def seal_async(self, body: bytes) -> bytes:
+        """`seal`, on a worker thread for bodies of OFFLOAD_BYTES or more."""
+        if len(body) < OFFLOAD_BYTES:
+            return self.seal(body)
+        return await asyncio.to_thread(self.seal, body)
+
+    async def open_async(self, body: bytes) -> bytes:
+        """`open`, on a worker thread for bodies of OFFLOAD_BYTES or more."""
+        if len(body) < OFFLOAD_BYTES:
+            return self.open(body)
+        return await asyncio.to_thread(self.open, body)
 
     def seal(self, body: bytes) -> bytes:
         """The request to forward: every plaintext payload sealed with the current key."""

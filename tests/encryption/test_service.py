@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import threading
 from typing import Any
 
 import pytest
@@ -367,3 +368,51 @@ def test_no_namespace_label_unless_listed() -> None:
     name = "temporal_auth_proxy_encryption_payloads_total"
     assert value(registry, name, outcome="encrypted") == 1
     assert registry.get_sample_value(name, {"namespace": "pay", "outcome": "encrypted"}) is None
+
+
+class _ThreadRecorder(CallCrypto):
+    """A CallCrypto that notes which thread sealed/opened (a fake around the real work)."""
+
+    __slots__ = ("threads",)
+
+    def seal(self, body: bytes) -> bytes:
+        self.threads.append(threading.get_ident())
+        return super().seal(body)
+
+    def open(self, body: bytes) -> bytes:
+        self.threads.append(threading.get_ident())
+        return super().open(body)
+
+
+def _recorder(enc: PayloadEncryption, name: str) -> _ThreadRecorder:
+    crypto = _ThreadRecorder(
+        plan=enc.plan,
+        keys=enc.settings.keys["pay"],
+        info=method(name),
+        namespace="pay",
+        reject_unknown=True,
+        metrics=EncryptionMetrics(CollectorRegistry()),
+        logger=Log(),
+    )
+    crypto.threads = []
+    return crypto
+
+
+async def test_large_bodies_are_sealed_and_opened_off_the_event_loop() -> None:
+    enc, _, _ = service()
+    writer = _recorder(enc, "StartWorkflowExecution")
+    reader = _recorder(enc, "GetWorkflowExecutionHistory")
+    loop_thread = threading.get_ident()
+    small = await writer.seal_async(start_body())
+    big_secret = b'"' + b"x" * (2 * 1024 * 1024) + b'"'
+    big = await writer.seal_async(start_body(secret=big_secret))
+    assert writer.threads[0] == loop_thread
+    assert writer.threads[1] != loop_thread
+    for body in (small, big):
+        p = StartWorkflowExecutionRequest.FromString(body).input.payloads[0]
+        assert p.metadata["encoding"] == b"binary/encrypted"
+    history = history_response(StartWorkflowExecutionRequest.FromString(big).input.payloads[0])
+    opened = GetWorkflowExecutionHistoryResponse.FromString(await reader.open_async(history))
+    inner = opened.history.events[0].workflow_execution_started_event_attributes.input
+    assert inner.payloads[0].data == big_secret
+    assert reader.threads == [reader.threads[0]] and reader.threads[0] != loop_thread
