@@ -416,3 +416,18 @@ async def test_large_bodies_are_sealed_and_opened_off_the_event_loop() -> None:
     inner = opened.history.events[0].workflow_execution_started_event_attributes.input
     assert inner.payloads[0].data == big_secret
     assert reader.threads == [reader.threads[0]] and reader.threads[0] != loop_thread
+
+
+def test_more_payloads_than_the_bound_is_invalid_argument() -> None:
+    enc, registry, _ = service()
+    crypto = enc.call(method("StartWorkflowExecution"), "pay")
+    assert crypto is not None
+    body = StartWorkflowExecutionRequest(
+        namespace="pay", input=Payloads(payloads=[Payload() for _ in range(100_001)])
+    ).SerializeToString()
+    with pytest.raises(EncryptionRefused) as refused:
+        crypto.seal(body)
+    assert refused.value.code == "INVALID_ARGUMENT"
+    assert "more than 100000 payloads" in refused.value.message
+    failures = "temporal_auth_proxy_encryption_failures_total"
+    assert value(registry, failures, namespace="pay", reason="limit_exceeded") == 1
