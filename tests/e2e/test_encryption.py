@@ -35,9 +35,15 @@ from temporalio.client import (
     ScheduleIntervalSpec,
     ScheduleSpec,
     ScheduleState,
+    WithStartWorkflowOperation,
     WorkflowFailureError,
 )
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
 from temporalio.worker import Worker
 
 from tests.e2e import sdk
@@ -153,6 +159,7 @@ class Outcome:
     executions: list[tuple[str, str]]  # (workflow id, run id) of every run
     listed_memo: str
     schedule_id: str
+    with_start: tuple[str, str, dict[str, Any]]  # update-with-start: update, summary, result
 
 
 async def scenario(client: Client, secret: str) -> Outcome:
@@ -200,6 +207,22 @@ async def scenario(client: Client, secret: str) -> Outcome:
             ),
             memo={"m": f"schedule memo {secret}"},
         )
+        # Update-with-start (ExecuteMultiOperation), with a summary (user metadata payload).
+        start_op = WithStartWorkflowOperation(
+            OrderWorkflow.run,
+            args=[Order(secret=secret, amount=7), 0],
+            id=f"uws-{tag}",
+            task_queue=queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            static_summary=f"summary {secret}",
+        )
+        uws_update = await client.execute_update_with_start_workflow(
+            OrderWorkflow.set_note, f"uws {secret}", start_workflow_operation=start_op
+        )
+        uws = await start_op.workflow_handle()
+        await uws.signal(OrderWorkflow.approve, "uws")
+        uws_result = await uws.result()
+        uws_summary = await (await uws.describe()).static_summary() or ""
         sdesc = await schedule.describe()
         action = sdesc.schedule.action
         assert isinstance(action, ScheduleActionStartWorkflow)
@@ -212,6 +235,8 @@ async def scenario(client: Client, secret: str) -> Outcome:
         (wid, second_run),
         (f"{wid}-child", ""),
         (f"decline-{tag}", ""),
+        (f"uws-{tag}", ""),
+        (f"uws-{tag}-child", ""),
     ]
     return Outcome(
         result=result,
@@ -225,6 +250,7 @@ async def scenario(client: Client, secret: str) -> Outcome:
         executions=executions,
         listed_memo=listed or "",
         schedule_id=sid,
+        with_start=(uws_update, uws_summary, uws_result),
     )
 
 
@@ -250,6 +276,10 @@ def check_outcome(out: Outcome, secret: str) -> None:
     assert out.schedule_arg.metadata["encoding"] == b"json/plain"
     assert json.loads(out.schedule_arg.data) == f"scheduled {secret}"
     assert out.schedule_memo == f"schedule memo {secret}"
+    update, summary, result = out.with_start
+    assert update == f"noted uws {secret}"
+    assert summary == f"summary {secret}"
+    assert result["charged"] == f"charged {secret} 7" and result["note"] == f"uws {secret}"
 
 
 async def direct_histories(
