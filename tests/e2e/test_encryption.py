@@ -44,8 +44,10 @@ from temporalio.common import (
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
 )
+from temporalio.converter import DataConverter
 from temporalio.worker import Worker
 
+from proxy.sdk_codec import EncryptionCodec
 from tests.e2e import sdk
 from tests.e2e.conftest import ProxyFactory
 from tests.e2e.enc_workflows import (
@@ -654,3 +656,26 @@ async def test_sighup_reaches_every_worker(
     events = await direct_histories(temporal, ENC_NS, [(wid, "")])
     kids = {p.metadata["encryption-key-id"] for e in events for sa, p in payloads_in(e) if not sa}
     assert kids == {b"k2"}
+
+
+async def test_worker_side_codec_combines(
+    start_proxy: ProxyFactory, pki: Pki, temporal: TemporalDevServer
+) -> None:
+    """A worker and client that already encrypt (proxy.sdk_codec, same ring): their payloads
+    pass the proxy unchanged, responses are opened by the proxy, the codec passes plaintext."""
+    proxy = await asyncio.to_thread(start_proxy, enc_overrides("k1"))
+    converter = DataConverter(payload_codec=EncryptionCodec({"k2": KEYS["k2"]}, "k2"))
+    client = await sdk.connect(pki, proxy.address, namespace=ENC_NS, data_converter=converter)
+    queue, wid = f"codec-{uuid.uuid4().hex[:8]}", f"codec-{uuid.uuid4().hex[:8]}"
+    async with Worker(client, task_queue=queue, workflows=[ChildOrder]):
+        result = await client.execute_workflow(ChildOrder.run, "both", id=wid, task_queue=queue)
+    assert result == "child saw both"
+    events = await direct_histories(temporal, ENC_NS, [(wid, "")])
+    stored = [p for e in events for sa, p in payloads_in(e) if not sa]
+    # Sealed once, by the worker's codec (k2); the proxy passed them as they were.
+    assert stored and {p.metadata["encryption-key-id"] for p in stored} == {b"k2"}
+    text = proxy.metrics()
+    name = "temporal_auth_proxy_encryption_payloads_total"
+    assert (sample(text, name, namespace=ENC_NS, outcome="already_encrypted") or 0) >= 2
+    assert sample(text, name, namespace=ENC_NS, outcome="encrypted") == 0
+    assert (sample(text, name, namespace=ENC_NS, outcome="decrypted") or 0) >= 2
