@@ -75,6 +75,17 @@ EXPORTED_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     ),
     "temporal_auth_proxy_policy_reload_total": ("counter", frozenset({"result"})),
     "temporal_auth_proxy_policies": ("gauge", frozenset()),
+    # Payload encryption (+`namespace` when metrics.namespaceLabels lists namespaces, which
+    # Prometheus rules see as the target label of the same name).
+    "temporal_auth_proxy_encryption_payloads_total": ("counter", frozenset({"outcome"})),
+    "temporal_auth_proxy_encryption_failures_total": ("counter", frozenset({"reason"})),
+    "temporal_auth_proxy_encryption_unknown_fields_total": ("counter", frozenset({"action"})),
+    "temporal_auth_proxy_encryption_cpu_seconds": (
+        "histogram",
+        frozenset({"method_class", "direction"}),
+    ),
+    "temporal_auth_proxy_encryption_reload_total": ("counter", frozenset({"result"})),
+    "temporal_auth_proxy_build_info": ("gauge", frozenset({"version", "temporal_api"})),
 }
 # Label values from closed sets (DESIGN.md); an equality matcher on these must use one.
 CLOSED_LABEL_VALUES: dict[str, frozenset[str]] = {
@@ -110,6 +121,23 @@ CLOSED_LABEL_VALUES_BY_METRIC: dict[str, dict[str, frozenset[str]]] = {
     },
     "temporal_auth_proxy_codec_duration_seconds": {
         "operation": _CODEC_OPERATIONS | {"preflight", "unknown"},
+    },
+    "temporal_auth_proxy_encryption_payloads_total": {
+        "outcome": frozenset({"encrypted", "already_encrypted", "decrypted"}),
+    },
+    "temporal_auth_proxy_encryption_failures_total": {
+        "reason": frozenset(
+            {"unknown_field", "limit_exceeded", "malformed_request", "unknown_method"}
+            | {"no_namespace", "decrypt_unknown_key", "decrypt_authentication"}
+            | {"decrypt_malformed", "malformed_response"}
+        ),
+    },
+    "temporal_auth_proxy_encryption_unknown_fields_total": {
+        "action": frozenset({"rejected", "forwarded"}),
+    },
+    "temporal_auth_proxy_encryption_cpu_seconds": {
+        "method_class": frozenset({"poll", "read", "write", "admin"}),
+        "direction": frozenset({"request", "response"}),
     },
     "temporal_auth_proxy_codec_rejected_total": {
         "operation": _CODEC_OPERATIONS,
@@ -954,11 +982,21 @@ def test_exported_metric_table_matches_the_code() -> None:
     assert rejected["reason"] == set(metrics.CODEC_REJECT_REASONS)
     requests = by_metric["temporal_auth_proxy_codec_requests_total"]["operation"]
     assert requests == set(metrics.CODEC_REQUEST_OPERATIONS)
+    enc = "temporal_auth_proxy_encryption_"
+    assert by_metric[enc + "payloads_total"]["outcome"] == set(metrics.ENCRYPTION_OUTCOMES)
+    assert by_metric[enc + "failures_total"]["reason"] == set(metrics.ENCRYPTION_FAILURE_REASONS)
+    actions = set(metrics.ENCRYPTION_UNKNOWN_FIELD_ACTIONS)
+    assert by_metric[enc + "unknown_fields_total"]["action"] == actions
+    cpu = by_metric[enc + "cpu_seconds"]
+    assert cpu["method_class"] == set(metrics.ENCRYPTION_METHOD_CLASSES)
+    assert cpu["direction"] == set(metrics.ENCRYPTION_DIRECTIONS)
     # Names, types and label names as the metric classes register them.
     registry = CollectorRegistry()
     metrics.ProxyMetrics(registry, method_names=(), namespace_labels=())
     metrics.CodecMetrics(registry)
     metrics.PolicyMetrics(registry)
+    metrics.EncryptionMetrics(registry)
+    metrics.set_build_info(registry, version="0", temporal_api="temporalio-0")
     admin.AdminMetrics(registry)
     found: dict[str, tuple[str, frozenset[str]]] = {}
     for collector in list(registry._collector_to_names):
