@@ -52,9 +52,14 @@ MESSAGE_PREFIX = "temporal-auth-proxy: "
 DECRYPT_FAILED_CODE = "DATA_LOSS"
 # Field paths named in one refusal message / log line (a hostile request may carry thousands).
 MAX_PATHS_SHOWN = 8
-# Bodies from this size are sealed/opened on a worker thread: AES-GCM releases the GIL, so a
-# 64 MiB payload stalls the event loop for ~60 ms instead of ~300 ms (other calls keep moving).
-OFFLOAD_BYTES = 1024 * 1024
+# Bodies from this size are sealed/opened on a worker thread: AES-GCM releases the GIL (a
+# 64 MiB payload stalls the event loop ~60 ms instead of ~300 ms), and a body of thousands of
+# tiny payloads (Python work) yields the GIL to the loop every 5 ms instead of holding it.
+OFFLOAD_BYTES = 16 * 1024
+# Payloads one request may make us seal (~5 us each): real requests carry a few hundred at
+# most (a workflow task completing with many commands); 2 bytes each on the wire, so without
+# this bound a 200 KB request would cost half a second of CPU.
+MAX_PAYLOADS_PER_REQUEST = 10_000
 
 
 def shipped_api_version() -> ApiVersion:
@@ -306,7 +311,12 @@ class CallCrypto:
         started = thread_time()
         try:
             sealed = encrypt_request(
-                self._plan, self._info.full_name, body, self._keys, reject_unknown=self._reject
+                self._plan,
+                self._info.full_name,
+                body,
+                self._keys,
+                reject_unknown=self._reject,
+                max_payloads=MAX_PAYLOADS_PER_REQUEST,
             )
         except UnknownFieldError as exc:
             m.unknown_fields(self._ns_label, "rejected").inc()

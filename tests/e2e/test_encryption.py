@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import json
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -679,3 +681,61 @@ async def test_worker_side_codec_combines(
     assert (sample(text, name, namespace=ENC_NS, outcome="already_encrypted") or 0) >= 2
     assert sample(text, name, namespace=ENC_NS, outcome="encrypted") == 0
     assert (sample(text, name, namespace=ENC_NS, outcome="decrypted") or 0) >= 2
+
+
+async def test_payload_flood_is_bounded_and_a_good_client_keeps_working(
+    start_proxy: ProxyFactory, pki: Pki, temporal: TemporalDevServer
+) -> None:
+    """Hostile: a caller allowed to write the encrypted namespace sends requests of 10,001 empty
+    payloads (2 bytes each on the wire, ~5 us each to seal). Each is refused INVALID_ARGUMENT
+    at the bound; a good client's calls beside it all succeed, none slower than 1 s."""
+    proxy = await asyncio.to_thread(start_proxy, enc_overrides())
+    flood = StartWorkflowExecutionRequest(
+        namespace=ENC_NS,
+        workflow_id="flood",
+        workflow_type=WorkflowType(name="Nobody"),
+        task_queue=TaskQueue(name="nobody"),
+        input=Payloads(payloads=[Payload() for _ in range(10_001)]),
+        request_id=str(uuid.uuid4()),
+    ).SerializeToString()
+    stop = threading.Event()
+    codes: list[grpc.StatusCode] = []
+    slowest: list[float] = []
+
+    def attack() -> None:
+        with mtls_channel(pki, proxy.address) as ch:
+            call = ch.unary_unary(WF + "StartWorkflowExecution")
+            for _ in range(15):  # bounded in count and (below) in time
+                if stop.is_set():
+                    return
+                try:
+                    call(flood, timeout=10)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+
+    def good() -> None:
+        with mtls_channel(pki, proxy.address) as ch:
+            call = ch.unary_unary(WF + "StartWorkflowExecution")
+            for i in range(40):
+                if stop.is_set():
+                    return
+                t0 = time.monotonic()
+                call(_start_raw(ENC_NS, f"good-{i}"), timeout=10)
+                slowest.append(time.monotonic() - t0)
+
+    def run_all() -> None:
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            futures = [pool.submit(attack) for _ in range(4)] + [pool.submit(good)]
+            try:
+                for f in futures:
+                    f.result(timeout=40)
+            finally:
+                stop.set()
+
+    await asyncio.to_thread(run_all)
+    assert codes and set(codes) == {grpc.StatusCode.INVALID_ARGUMENT}, set(codes)
+    assert len(slowest) == 40 and max(slowest) < 1.0, max(slowest)
+    failures = "temporal_auth_proxy_encryption_failures_total"
+    text = proxy.metrics()
+    assert sample(text, failures, namespace=ENC_NS, reason="limit_exceeded") == len(codes)
