@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -739,3 +740,27 @@ async def test_payload_flood_is_bounded_and_a_good_client_keeps_working(
     failures = "temporal_auth_proxy_encryption_failures_total"
     text = proxy.metrics()
     assert sample(text, failures, namespace=ENC_NS, reason="limit_exceeded") == len(codes)
+
+
+async def test_sighup_with_cedar_reloads_policies_and_encryption(
+    start_proxy: ProxyFactory, pki: Pki, tmp_path: Path
+) -> None:
+    """`authorizer: cedar` installs its own SIGHUP handler: it must still reload encryption."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "all.cedar").write_text('@id("all")\npermit(principal, action, resource);\n')
+    cfg = enc_overrides("k1")
+    cfg["authorization"] = jwt_authorization(
+        pki,
+        authorizer="cedar",
+        cedar={"policyFiles": [str(policies / "*.cedar")], "combine": "default-and-policy"},
+    )
+    proxy = await asyncio.to_thread(start_proxy, cfg)
+    proxy.config_path.write_text(yaml.safe_dump({**proxy.config, **enc_overrides("k2")}))
+    proxy.proc.send_signal(signal.SIGHUP)
+
+    def reloaded() -> bool:
+        events = {e.get("event") for e in proxy.events()}
+        return {"encryption_reloaded", "policies_reloaded"} <= events
+
+    wait_until(reloaded, 15, 0.1, "policies and encryption reloaded")
