@@ -51,6 +51,7 @@ from temporalio.converter import DataConverter
 from temporalio.worker import Worker
 
 from proxy.sdk_codec import EncryptionCodec
+from proxy.wire.write import encode_len_field
 from tests.e2e import sdk
 from tests.e2e.conftest import ProxyFactory
 from tests.e2e.enc_workflows import (
@@ -98,19 +99,6 @@ def enc_overrides(
         "encryption": {"namespaces": {ENC_NS: {"keyId": key_id}}, "unknownFields": unknown},
         "metrics": {"namespaceLabels": [ENC_NS]},
     }
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def len_field(number: int, data: bytes) -> bytes:
-    return varint(number << 3 | 2) + varint(len(data)) + data
 
 
 def payloads_in(msg: Message, under_sa: bool = False) -> Iterator[tuple[bool, Any]]:
@@ -467,7 +455,7 @@ async def test_refusals_unknown_fields_no_namespace_and_undecryptable(
     start_proxy: ProxyFactory, pki: Pki, temporal: TemporalDevServer
 ) -> None:
     proxy = await asyncio.to_thread(start_proxy, enc_overrides())
-    unknown = len_field(999, b"\x0a\x03abc")
+    unknown = encode_len_field(999, b"\x0a\x03abc")
 
     # An unknown length-delimited field in a request to the encrypted namespace: refused.
     with pytest.raises(grpc.RpcError) as refused:
@@ -538,7 +526,7 @@ async def test_authorization_comes_first_and_forward_mode_counts(
     cfg = enc_overrides(unknown="forward")
     cfg["authorization"] = jwt_authorization(pki)
     proxy = await asyncio.to_thread(start_proxy, cfg)
-    unknown = len_field(999, b"\x0a\x03abc")
+    unknown = encode_len_field(999, b"\x0a\x03abc")
     reader = [("authorization", f"Bearer {pki.token(f'{ENC_NS}:read')}")]
     writer = [("authorization", f"Bearer {pki.token(f'{ENC_NS}:write')}")]
 

@@ -40,6 +40,7 @@ from proxy.encryption.service import CallCrypto, EncryptionRefused, PayloadEncry
 from proxy.errors import ConfigError
 from proxy.metrics import EncryptionMetrics, set_build_info
 from proxy.model import MethodInfo
+from proxy.wire.write import encode_len_field
 
 WS = methods.WORKFLOW_SERVICE_PREFIX
 K1, K2, K3 = os.urandom(32), os.urandom(32), os.urandom(32)
@@ -218,7 +219,7 @@ def test_seal_then_open_round_trip_with_metrics() -> None:
 
 
 def test_unknown_fields_rejected_or_forwarded() -> None:
-    unknown = b"\xba\x3e\x03abc"  # field 999, LEN
+    unknown = encode_len_field(999, b"abc")
     enc, registry, log = service()
     crypto = enc.call(method("StartWorkflowExecution"), "pay")
     assert crypto is not None
