@@ -106,10 +106,6 @@ class EncryptionSettings:
     def enabled(self) -> bool:
         return bool(self.keys)
 
-    def key_id(self, namespace: str) -> str | None:
-        keys = self.keys.get(namespace)
-        return keys.encrypt_key_id if keys is not None else None
-
 
 DISABLED = EncryptionSettings(
     keys=MappingProxyType({}), reject_unknown=True, need_namespace=frozenset()
