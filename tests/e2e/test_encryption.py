@@ -345,7 +345,6 @@ def cli_data(stdout: str) -> list[bytes]:
 # ------------------------------------------------------------------------------ tests
 
 
-@pytest.mark.slow
 async def test_encrypted_namespace_end_to_end(
     start_proxy: ProxyFactory, pki: Pki, temporal: TemporalDevServer
 ) -> None:
