@@ -281,7 +281,7 @@ async def test_es256_tokens_work_like_rs256_ones(proxy: ProxyProcess, pki: Pki) 
 
 
 async def test_without_a_token_only_the_health_apis_pass(proxy: ProxyProcess, pki: Pki) -> None:
-    before = metric(proxy, DECISIONS, decision="deny", reason="insufficient_role", auth_type="jwt")
+    before = metric(proxy, DECISIONS, decision="deny", reason="insufficient_role", auth_type="none")
     # The SDK's connect calls GetSystemInfo: allowed without a token.
     client = await sdk.connect(pki, proxy.address)
     info = await client.workflow_service.get_system_info(GetSystemInfoRequest())
@@ -296,8 +296,8 @@ async def test_without_a_token_only_the_health_apis_pass(proxy: ProxyProcess, pk
     )
     await denied(start(client))
     # requireClientAuth: every caller has a verified certificate, so no token means empty JWT
-    # claims (Temporal's mapper), not anonymous.
-    after = metric(proxy, DECISIONS, decision="deny", reason="insufficient_role", auth_type="jwt")
+    # claims (Temporal's mapper), not anonymous; labelled `none`: no credential counted.
+    after = metric(proxy, DECISIONS, decision="deny", reason="insufficient_role", auth_type="none")
     assert after - before == 3
 
 

@@ -457,7 +457,9 @@ def test_shadow_mode_forwards_counts_and_logs_would_be_denials(
 
     text = proxy.metrics()
     shadow_deny = {"decision": "deny", "mode": "shadow"}
-    assert sample(text, DECISIONS, reason="insufficient_role", auth_type="jwt", **shadow_deny) == 2
+    # The reader's token and the anonymous call (labelled `none`: no credential counted).
+    assert sample(text, DECISIONS, reason="insufficient_role", auth_type="jwt", **shadow_deny) == 1
+    assert sample(text, DECISIONS, reason="insufficient_role", auth_type="none", **shadow_deny) == 1
     assert sample(text, DECISIONS, reason="bad_token_format", **shadow_deny) == 1
     assert sample(text, DECISIONS, decision="allow", reason="allowed", mode="shadow") == 1
     assert sample(text, DECISIONS, mode="enforce") is None
@@ -585,10 +587,11 @@ def test_audit_log_one_record_per_call_without_credentials(
         ("audit-reader", "jwt", "StartWorkflowExecution", "default", wf_denied, "deny",
          "insufficient_role", "PERMISSION_DENIED"),
         ("audit-reader", "jwt", "DescribeNamespace", "default", "", "allow", "allowed", "OK"),
-        # No role at all: denied from the claims, the body never read (issue 14).
-        ("", "jwt", "DescribeNamespace", "", "", "deny", "insufficient_role",
+        # No role at all: denied from the claims, the body never read (issue 14); no token:
+        # labelled `none`, no credential counted (issue 16).
+        ("", "none", "DescribeNamespace", "", "", "deny", "insufficient_role",
          "PERMISSION_DENIED"),
-        ("", "jwt", "GetSystemInfo", "", "", "allow", "health_check", "OK"),
+        ("", "none", "GetSystemInfo", "", "", "allow", "health_check", "OK"),
         ("audit-system", "jwt", "DescribeNamespace", "no-such-namespace", "", "allow",
          "allowed", "NOT_FOUND"),
     ]  # fmt: skip
