@@ -48,7 +48,7 @@ from proxy.authz.build import build_authorizer
 from proxy.authz.cedar import CedarAuthorizer, Combine
 from proxy.authz.policies import PolicyStore, load_schema
 from proxy.claims.exposed import PeerAttacher
-from proxy.config import parse_config
+from proxy.config.parse import parse_config
 from proxy.interfaces import Authorizer
 from proxy.methods import HEALTH_CHECK_APIS, lookup
 from proxy.metrics import PolicyMetrics

@@ -60,7 +60,7 @@ from temporalio.api.workflowservice.v1 import (
 
 from proxy import methods
 from proxy.codec.payload import KeyRing
-from proxy.config import parse_config
+from proxy.config.parse import parse_config
 from proxy.encryption import (
     EncryptionPlan,
     NamespaceKeys,

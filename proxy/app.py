@@ -32,7 +32,8 @@ from proxy.claims.build import build_claim_mapper
 from proxy.codec.build import build_codec_routes
 from proxy.codec.payload import PayloadCodec
 from proxy.codec.reload import ReloadableCodec
-from proxy.config import Config, load_config
+from proxy.config.parse import load_config
+from proxy.config.schema import Config
 from proxy.encryption.service import PayloadEncryption, shipped_api_version
 from proxy.errors import ConfigError
 from proxy.forward import ForwardingHandler, UpstreamPool, channel_options, close_channels

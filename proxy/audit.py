@@ -19,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
-from proxy.config import AuditConfig, Config
+from proxy.config.schema import AuditConfig, Config
 from proxy.errors import MalformedRequestError
 from proxy.log import truncate
 from proxy.model import Access, Claims, MethodInfo, PeerIdentity

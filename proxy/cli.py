@@ -13,7 +13,9 @@ import yaml
 
 from proxy import __version__
 from proxy import log as logmod
-from proxy.config import Config, derived_values, effective_config, load_config
+from proxy.config.dump import derived_values, effective_config
+from proxy.config.parse import load_config
+from proxy.config.schema import Config
 from proxy.errors import ConfigError
 
 EXIT_OK = 0

@@ -14,7 +14,7 @@ from proxy.authz import required_role
 from proxy.authz.build import build_authorizer
 from proxy.authz.cedar import CedarAuthorizer, CedarExplanation
 from proxy.claims.build import build_claim_mapper
-from proxy.config import Config
+from proxy.config.schema import Config
 from proxy.encryption.service import PayloadEncryption
 from proxy.errors import ConfigError
 from proxy.gate import Verdict, build_gate

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Literal
 
-from proxy.config import Config
+from proxy.config.schema import Config
 from proxy.errors import CredentialError, MalformedRequestError
 from proxy.interfaces import AuthInfoOptional, Authorizer, ClaimMapper, ClaimsOnlyDenial, Logger
 from proxy.listfilter import can_list_some

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from proxy.config import LogConfig
+from proxy.config.schema import LogConfig
 
 REDACTED = "<redacted>"
 

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 from proxy import methods
-from proxy.config import Config
+from proxy.config.schema import Config
 from proxy.model import Decision, Reason, Result
 
 PREFIX = "temporal_auth_proxy_"

@@ -7,7 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from proxy.config import Config, RateLimitRule, RateLimitsConfig
+from proxy.config.schema import Config, RateLimitRule, RateLimitsConfig
 from proxy.model import Access, MethodInfo
 
 SCOPES = ("subject", "namespace", "reads", "writes", "admin")

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from proxy.app import server_options
-from proxy.config import parse_config
+from proxy.config.parse import parse_config
 from proxy.forward import channel_options
 
 CONFIG = {

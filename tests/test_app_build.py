@@ -13,13 +13,13 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from proxy.app import build
-from proxy.config import (
+from proxy.config.parse import parse_config
+from proxy.config.schema import (
     AdminConfig,
     AuthorizationConfig,
     CodecConfig,
     Config,
     UpstreamConfig,
-    parse_config,
 )
 from proxy.errors import ConfigError
 from proxy.log import get_logger

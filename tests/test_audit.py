@@ -23,7 +23,8 @@ from temporalio.api.workflowservice.v1 import (
 
 from proxy import methods
 from proxy.audit import WORKFLOW_ID_PATHS, AuditLog, AuditRecord, claims_subject, workflow_id
-from proxy.config import AuditConfig, parse_config
+from proxy.config.parse import parse_config
+from proxy.config.schema import AuditConfig
 from proxy.errors import ConfigError
 from proxy.model import Access, Claims, MethodInfo, PeerIdentity
 

@@ -26,7 +26,8 @@ from proxy.claims.cert import CertificateClaimMapper
 from proxy.claims.chain import ChainClaimMapper
 from proxy.claims.idp import IdpClaimMapper
 from proxy.codec.build import build_codec_routes
-from proxy.config import AuthorizationConfig, Config, parse_config
+from proxy.config.parse import parse_config
+from proxy.config.schema import AuthorizationConfig, Config
 from proxy.errors import ConfigError
 from proxy.gate import build_gate
 from proxy.interfaces import Authorizer, ClaimMapper

@@ -29,7 +29,8 @@ from proxy.claims.chain import ChainClaimMapper
 from proxy.claims.jwt import DefaultJWTClaimMapper
 from proxy.codec.http import codec_routes
 from proxy.codec.payload import KeyRing, PayloadCodec
-from proxy.config import Config, CorsConfig, parse_config
+from proxy.config.parse import parse_config
+from proxy.config.schema import Config, CorsConfig
 from proxy.dev.pki import generate_key, jwk_from_public_key, mint_token, private_key_pem
 from proxy.errors import ConfigError
 from proxy.explain import explain, render

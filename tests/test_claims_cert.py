@@ -19,7 +19,7 @@ from proxy.claims.build import build_claim_mapper
 from proxy.claims.cert import CertificateClaimMapper, CertificateRule
 from proxy.claims.dn import SubjectPattern
 from proxy.claims.patterns import Glob, Grant, PatternError
-from proxy.config import parse_config
+from proxy.config.parse import parse_config
 from proxy.dev.pki import CertificateAuthority
 from proxy.errors import ConfigError, CredentialError
 from proxy.model import AuthInfo, CallTarget, PeerIdentity, Reason, Role

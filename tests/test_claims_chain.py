@@ -12,7 +12,7 @@ from proxy.claims.build import build_claim_mapper
 from proxy.claims.cert import CertificateClaimMapper, CertificateRule
 from proxy.claims.chain import ChainClaimMapper
 from proxy.claims.jwt import DefaultJWTClaimMapper
-from proxy.config import parse_config
+from proxy.config.parse import parse_config
 from proxy.errors import ConfigError, CredentialError
 from proxy.keys.build import build_key_provider
 from proxy.keys.jwks import JwksKeyProvider, StaticKeyProvider

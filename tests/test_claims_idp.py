@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from proxy.claims.build import build_claim_mapper
 from proxy.claims.idp import IdpClaimMapper, IssuerPolicy, RoleClaim
 from proxy.claims.patterns import PatternError
-from proxy.config import parse_config
+from proxy.config.parse import parse_config
 from proxy.errors import ConfigError, CredentialError
 from proxy.keys.build import build_key_provider
 from proxy.keys.idp import IdpKeys, IssuerKeys, VerificationKey
@@ -568,7 +568,7 @@ def test_duplicate_issuers_are_refused(tmp_path: Path) -> None:
 
 
 def test_effective_config_shows_the_idp_section(tmp_path: Path) -> None:
-    from proxy.config import effective_config
+    from proxy.config.dump import effective_config
 
     out = effective_config(idp_config(base_issuer(tmp_path)))
     issuer = out["authorization"]["idp"]["issuers"][0]

@@ -21,7 +21,8 @@ from proxy.codec.payload import (
     Payload,
     PayloadCodec,
 )
-from proxy.config import CodecConfig, parse_config
+from proxy.config.parse import parse_config
+from proxy.config.schema import CodecConfig
 from proxy.errors import ConfigError, ProxyError
 
 KEY_A = bytes(range(32))

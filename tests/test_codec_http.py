@@ -31,7 +31,8 @@ from proxy.claims.jwt import DefaultJWTClaimMapper
 from proxy.codec.body import VALUES_PER_PAYLOAD, CodecLimits, check_json_bounds
 from proxy.codec.http import codec_requires_authorization, codec_routes
 from proxy.codec.payload import KeyRing, Payload, PayloadCodec
-from proxy.config import CodecConfig, CorsConfig, parse_config
+from proxy.config.parse import parse_config
+from proxy.config.schema import CodecConfig, CorsConfig
 from proxy.errors import ConfigError
 from proxy.keys.jwks import StaticKeyProvider
 from proxy.metrics import CodecMetrics

@@ -7,17 +7,9 @@ from typing import Any
 
 import pytest
 
-from proxy.config import (
-    REDACTED,
-    codec_requires_authorization,
-    derived_values,
-    effective_config,
-    format_duration,
-    is_loopback_address,
-    load_config,
-    parse_config,
-    parse_duration,
-)
+from proxy.config.dump import REDACTED, derived_values, effective_config
+from proxy.config.parse import format_duration, load_config, parse_config, parse_duration
+from proxy.config.validate import codec_requires_authorization, is_loopback_address
 from proxy.errors import ConfigError
 from proxy.forward import channel_options
 

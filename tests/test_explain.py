@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from proxy import methods
-from proxy.config import Config, load_config
+from proxy.config.parse import load_config
+from proxy.config.schema import Config
 from proxy.dev.pki import (
     CertificateAuthority,
     generate_key,

@@ -26,7 +26,7 @@ from proxy import methods
 from proxy.audit import AuditLog
 from proxy.authz import DefaultAuthorizer
 from proxy.claims.jwt import DefaultJWTClaimMapper
-from proxy.config import AuditConfig
+from proxy.config.schema import AuditConfig
 from proxy.dev.pki import generate_key, mint_token, private_key_pem
 from proxy.forward import UNAVAILABLE_MESSAGE, ForwardingHandler, UpstreamPool
 from proxy.gate import Gate, Mode

@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 
 from proxy.claims.jwt import DefaultJWTClaimMapper
 from proxy.claims.token import parse_authorization_header
-from proxy.config import Config, load_config, parse_config
+from proxy.config.parse import load_config, parse_config
+from proxy.config.schema import Config
 from proxy.errors import ConfigError, CredentialError
 from proxy.keys.jwks import StaticKeyProvider
 from proxy.model import AuthInfo, Claims

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.claims.build import build_claim_mapper
 from proxy.claims.idp import IdpClaimMapper, IssuerPolicy, RoleClaim
-from proxy.config import parse_config
+from proxy.config.parse import parse_config
 from proxy.errors import CredentialError, KeySourceError
 from proxy.keys.build import build_key_provider
 from proxy.keys.idp import IdpKeys, IssuerKeys, parse_discovery, parse_idp_jwks

@@ -23,7 +23,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from proxy.claims.build import build_claim_mapper
-from proxy.config import Config, parse_config
+from proxy.config.parse import parse_config
+from proxy.config.schema import Config
 from proxy.dev.pki import CertificateAuthority
 from proxy.errors import ConfigError
 from proxy.keys.build import build_key_provider

@@ -244,7 +244,7 @@ async def test_stdlib_errors_such_as_asyncio_accept_failures_are_folded_too() ->
 
 def test_log_level_warn_is_accepted_and_means_warning() -> None:
     # Temporal's and zap's spelling: `log.level: warn`.
-    from proxy.config import parse_config
+    from proxy.config.parse import parse_config
 
     cfg = parse_config(
         {

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from proxy import methods
-from proxy.config import RateLimitRule, RateLimitsConfig, parse_config
+from proxy.config.parse import parse_config
+from proxy.config.schema import RateLimitRule, RateLimitsConfig
 from proxy.errors import ConfigError
 from proxy.model import MethodInfo
 from proxy.ratelimit import SCOPES, RateLimiter

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from proxy.authz.policies import load_policies, load_schema  # noqa: E402
-from proxy.config import parse_config  # noqa: E402
+from proxy.config.parse import parse_config  # noqa: E402
 from proxy.dev.pki import (  # noqa: E402
     generate_key,
     jwk_from_public_key,

@@ -18,13 +18,8 @@ import structlog
 from structlog.testing import capture_logs
 
 from proxy.app import App, build
-from proxy.config import (
-    ClientTLSConfig,
-    GroupTLSConfig,
-    ServerTLSConfig,
-    TLSConfig,
-    parse_config,
-)
+from proxy.config.parse import parse_config
+from proxy.config.schema import ClientTLSConfig, GroupTLSConfig, ServerTLSConfig, TLSConfig
 from proxy.dev.pki import SPIFFE_DEV_CLIENT, CertificateAuthority, IssuedCert
 from proxy.errors import ConfigError
 from proxy.tls.credentials import FrontendCredentials, channel_credentials

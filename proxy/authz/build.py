@@ -7,7 +7,7 @@ from collections.abc import Callable
 from proxy import methods
 from proxy.authz.default import DefaultAuthorizer, NoopAuthorizer
 from proxy.authz.policy_build import build_cedar_authorizer
-from proxy.config import Config
+from proxy.config.schema import Config
 from proxy.interfaces import Authorizer
 from proxy.model import Result
 from proxy.plugins import load_plugin

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from proxy.authz.cedar import CedarAuthorizer, Combine
 from proxy.authz.policies import PolicyStore, ReloadOutcome, load_schema
-from proxy.config import Config
+from proxy.config.schema import Config
 from proxy.interfaces import Authorizer, Logger
 from proxy.methods import lookup_with_codec
 from proxy.model import Result

@@ -21,7 +21,8 @@ from proxy.claims.idp import IdpClaimMapper, IssuerPolicy, RoleClaim
 from proxy.claims.jwt import DefaultJWTClaimMapper
 from proxy.claims.noop import NoopClaimMapper
 from proxy.claims.patterns import PatternError
-from proxy.config import AuthorizationConfig, Config, IssuerConfig, identity_members
+from proxy.config.schema import AuthorizationConfig, Config, IssuerConfig
+from proxy.config.validate import identity_members
 from proxy.errors import ConfigError
 from proxy.interfaces import ClaimMapper, Logger
 from proxy.keys.idp import IdpKeys

@@ -15,7 +15,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from proxy.codec.payload import Payload, Payloads
-from proxy.config import CodecConfig
+from proxy.config.schema import CodecConfig
 
 __all__ = [
     "VALUES_PER_PAYLOAD",

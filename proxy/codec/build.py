@@ -10,8 +10,8 @@ from proxy.authz.cedar import CedarAuthorizer
 from proxy.codec.body import CodecLimits
 from proxy.codec.http import codec_routes
 from proxy.codec.payload import PayloadCodec
-from proxy.config import (
-    Config,
+from proxy.config.schema import Config
+from proxy.config.validate import (
     codec_requires_authorization,
     is_loopback_address,
     validate_codec_exposure,

@@ -63,7 +63,8 @@ from proxy.codec.payload import (
     NoNamespaceKeysError,
     PayloadCodec,
 )
-from proxy.config import CodecConfig, CorsConfig, codec_requires_authorization
+from proxy.config.schema import CodecConfig, CorsConfig
+from proxy.config.validate import codec_requires_authorization
 from proxy.errors import ConfigError, CredentialError
 from proxy.interfaces import Authorizer, ClaimMapper, Logger
 from proxy.methods import CODEC_DECODE, CODEC_DOWNLOAD, CODEC_ENCODE

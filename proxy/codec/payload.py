@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import DecodeError
 
 from proxy._pb.temporal_auth_proxy.v1.payload_pb2 import Payload, Payloads
-from proxy.config import CodecConfig
+from proxy.config.schema import CodecConfig
 from proxy.errors import ConfigError, ProxyError
 
 __all__ = [

@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from proxy.codec.payload import KeyRing
-from proxy.config import Config
+from proxy.config.schema import Config
 from proxy.encryption.descriptors import DATA_PACKAGE, VERSION_FILE, ApiVersion
 from proxy.encryption.engine import decrypt_response, decrypt_status_details, encrypt_request
 from proxy.encryption.errors import (

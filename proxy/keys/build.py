@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from proxy.config import AuthorizationConfig, Config, IssuerConfig, identity_members
+from proxy.config.schema import AuthorizationConfig, Config, IssuerConfig
+from proxy.config.validate import identity_members
 from proxy.errors import ConfigError, KeySourceError
 from proxy.interfaces import Logger
 from proxy.keys.idp import (

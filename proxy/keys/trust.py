@@ -13,28 +13,14 @@ from __future__ import annotations
 import hashlib
 import ssl
 from collections.abc import Sequence
-from pathlib import Path
 
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from proxy.config.files import read_file
 from proxy.errors import ConfigError
 from proxy.interfaces import Logger
-
-
-def _read(name: str, path: str) -> bytes:
-    try:
-        # read_bytes follows symlinks, so a Kubernetes `..data` swap is seen as new content.
-        return Path(name).read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(path, f"file not found: {name}") from None
-    except IsADirectoryError:
-        raise ConfigError(path, f"is a directory, not a file: {name}") from None
-    except PermissionError:
-        raise ConfigError(path, f"permission denied reading {name}") from None
-    except OSError as exc:
-        raise ConfigError(path, f"cannot read {name}: {exc.strerror or exc}") from None
 
 
 def _certificates(data: bytes, path: str) -> list[x509.Certificate]:
@@ -81,7 +67,10 @@ class CaTrust:
     def _sources(self) -> list[tuple[str, bytes]]:
         if self._files:
             return [
-                (f"{self._path}.rootCaFiles[{i}]", _read(name, f"{self._path}.rootCaFiles[{i}]"))
+                (
+                    f"{self._path}.rootCaFiles[{i}]",
+                    read_file(name, f"{self._path}.rootCaFiles[{i}]"),
+                )
                 for i, name in enumerate(self._files)
             ]
         return [(f"{self._path}.rootCaData[{i}]", raw) for i, raw in enumerate(self._data)]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -28,7 +27,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from proxy.config import ClientTLSConfig, ServerTLSConfig, TLSConfig
+from proxy.config.files import read_file
+from proxy.config.schema import ClientTLSConfig, ServerTLSConfig, TLSConfig
 from proxy.errors import ConfigError
 
 # Labels of the certificate expiry gauge (DESIGN: closed set).
@@ -111,27 +111,13 @@ class _Source:
     data: bytes
 
 
-def _read_file(name: str, path: str) -> bytes:
-    try:
-        # read_bytes follows symlinks, so a Kubernetes `..data` swap is seen as new content.
-        return Path(name).read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(path, f"file not found: {name}") from None
-    except IsADirectoryError:
-        raise ConfigError(path, f"is a directory, not a file: {name}") from None
-    except PermissionError:
-        raise ConfigError(path, f"permission denied reading {name}") from None
-    except OSError as exc:
-        raise ConfigError(path, f"cannot read {name}: {exc.strerror or exc}") from None
-
-
 def _read_single(
     prefix: str, file_key: str, file_name: str, data_key: str, data: str
 ) -> _Source | None:
     if file_name and data:
         raise ConfigError(f"{prefix}.{file_key}", f"{file_key} and {data_key} are both set")
     if file_name:
-        return _Source(f"{prefix}.{file_key}", _read_file(file_name, f"{prefix}.{file_key}"))
+        return _Source(f"{prefix}.{file_key}", read_file(file_name, f"{prefix}.{file_key}"))
     if data:
         return _Source(f"{prefix}.{data_key}", data.encode("utf-8"))
     return None
@@ -148,7 +134,7 @@ def _read_list(
         path = f"{prefix}.{key}[{index}]"
         if not value.strip():
             raise ConfigError(path, "CA cannot be empty string")
-        raw = _read_file(value, path) if files else value.encode("utf-8")
+        raw = read_file(value, path) if files else value.encode("utf-8")
         sources.append(_Source(path, raw))
     return tuple(sources)
 

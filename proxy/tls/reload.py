@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import structlog
 
-from proxy.config import TLSConfig
+from proxy.config.schema import TLSConfig
 from proxy.errors import ConfigError
 from proxy.interfaces import Logger
 from proxy.tls.expiry import ExpiryFinding, expiring_certificates, expiry_timestamps

@@ -29,13 +29,9 @@ from temporalio.api.workflowservice.v1 import (
 )
 
 from proxy import methods
-from proxy.config import (
-    Config,
-    EncryptionConfig,
-    NamespaceEncryptionConfig,
-    effective_config,
-    parse_config,
-)
+from proxy.config.dump import effective_config
+from proxy.config.parse import parse_config
+from proxy.config.schema import Config, EncryptionConfig, NamespaceEncryptionConfig
 from proxy.encryption.service import CallCrypto, EncryptionRefused, PayloadEncryption
 from proxy.errors import ConfigError
 from proxy.metrics import EncryptionMetrics, set_build_info
