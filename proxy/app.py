@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import signal
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -32,8 +31,8 @@ from proxy.claims.build import build_claim_mapper
 from proxy.codec.build import build_codec_routes
 from proxy.codec.payload import PayloadCodec
 from proxy.codec.reload import ReloadableCodec
-from proxy.config.parse import load_config
 from proxy.config.schema import Config
+from proxy.encryption.reload import reload_payload_keys
 from proxy.encryption.service import PayloadEncryption, shipped_api_version
 from proxy.errors import ConfigError
 from proxy.forward import ForwardingHandler, UpstreamPool, channel_options, close_channels
@@ -42,6 +41,7 @@ from proxy.interfaces import Logger
 from proxy.keys.build import build_key_provider
 from proxy.keys.idp import IdpKeys
 from proxy.keys.jwks import JwksKeyProvider
+from proxy.memory import trim_loop
 from proxy.metrics import (
     EncryptionMetrics,
     PolicyMetrics,
@@ -58,10 +58,6 @@ from proxy.tls.reload import TLSReloader
 from proxy.wire.write import HEALTH_REQUEST, health_serving
 
 KEY_RETRY_SECONDS = 5.0
-# Memory trim (App._trim_loop): sample the calls in flight this often; trim once this many
-# calls' state (~20-50 KiB each) has been released since the highest sample.
-TRIM_SAMPLE_SECONDS = 1.0
-TRIM_AFTER_RELEASED_CALLS = 200
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -139,48 +135,21 @@ class App:
         await self.reload_encryption()
 
     async def reload_encryption(self) -> bool:
-        """Re-read the config file: apply `encryption` and the codec's keys (`codec.keys`,
-        `encryptKeyId`, `namespaceKeys`) to payload encryption and the Codec Server (build and
-        validate both, then swap); changes to anything else need a restart."""
+        """SIGHUP: re-read the config file's `encryption` and the codec's keys (see
+        `proxy.encryption.reload`); changes to anything else need a restart."""
         if self.config_path is None or self.encryption is None:
             return False
-        encryption, metrics = self.encryption, self.encryption_metrics
-        try:
-            new = await asyncio.to_thread(load_config, self.config_path)
-            settings = await asyncio.to_thread(encryption.settings_for, new)
-            codec = (
-                await asyncio.to_thread(PayloadCodec.from_config, new.codec)
-                if self.codec is not None and new.codec.enabled
-                else None
-            )
-        except ConfigError as exc:
-            self.log.error("encryption_reload_failed", error=str(exc), path=exc.path)
-            if metrics is not None:
-                metrics.reload_total.labels(result="failure").inc()
-            return False
-        applied = replace(
+        applied = await reload_payload_keys(
+            self.config_path,
             self.cfg,
-            encryption=new.encryption,
-            codec=replace(
-                self.cfg.codec,
-                keys=new.codec.keys,
-                encrypt_key_id=new.codec.encrypt_key_id,
-                namespace_keys=new.codec.namespace_keys,
-            ),
+            encryption=self.encryption,
+            codec=self.codec,
+            metrics=self.encryption_metrics,
+            log=self.log,
         )
-        restart = restart_sections(applied, new)
-        if restart:
-            self.log.warning("restart_required", sections=restart)
-        encryption.swap(settings)
-        if codec is not None and self.codec is not None:
-            self.codec.swap(codec)
+        if applied is None:
+            return False
         self.cfg = applied
-        if metrics is not None:
-            metrics.reload_total.labels(result="success").inc()
-        self.log.info(
-            "encryption_reloaded",
-            namespaces={ns: c.key_id for ns, c in sorted(new.encryption.namespaces.items())},
-        )
         return True
 
     async def _reload_loop(self) -> None:
@@ -200,26 +169,6 @@ class App:
             await asyncio.sleep(KEY_RETRY_SECONDS)
             await self.keys.refresh()
         await self.keys.run()
-
-    async def _trim_loop(self) -> None:
-        """Give memory back to the OS once a crowd of calls is gone.
-
-        Held streams, rapid resets and bursts of long polls leave their freed call state in
-        glibc's arenas, and RSS would stay at the peak for good (a pod near its memory limit
-        stays there). `malloc_trim` returns the free pages; it runs in a thread, only after at
-        least TRIM_AFTER_RELEASED_CALLS calls ended, never per call.
-        """
-        trim = _malloc_trim()
-        if trim is None:
-            return
-        high = done = 0
-        while True:
-            await asyncio.sleep(TRIM_SAMPLE_SECONDS)
-            calls, ended = self.handler.calls, self.handler.abandoned
-            high = max(high, calls)
-            if high - calls + ended - done >= TRIM_AFTER_RELEASED_CALLS:
-                await asyncio.to_thread(trim, 0)
-                high, done = calls, ended
 
     async def start(self) -> None:
         """Bind and start both listeners (separate from run() so tests can await readiness)."""
@@ -270,7 +219,7 @@ class App:
                 runner = await self.start_admin()
                 tg.create_task(self._reload_loop(), name="tls-reload")
                 tg.create_task(self.reloader.run_expiration_checks(), name="cert-expiry")
-                tg.create_task(self._trim_loop(), name="malloc-trim")
+                tg.create_task(trim_loop(self.handler), name="malloc-trim")
                 await self._stop.wait()
                 await self.drain()
                 raise _Stopped
@@ -347,22 +296,6 @@ class App:
         if self.server is not None:
             await self.server.stop(grace)
         self.log.info("stopped")
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None where there is none (musl, macOS)."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
-
-
-def restart_sections(running: Config, new: Config) -> list[str]:
-    """Top-level sections of `new` that differ from what runs (SIGHUP does not apply them)."""
-    return [f.name for f in fields(Config) if getattr(running, f.name) != getattr(new, f.name)]
 
 
 class _Stopped(Exception):
