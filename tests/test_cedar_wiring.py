@@ -134,6 +134,8 @@ def test_cedar_keys_parse_with_their_defaults(tmp_path: Path) -> None:
         ({"cedar": {"policyFiles": ["a"], "reloadInterval": "-1s"}}, "reloadInterval"),
         ({"cedar": {"policyFiles": ["a"]}, "authorizer": "default"}, "authorization.cedar"),
         ({"cedar": {"policyFiles": ["a"], "bogus": 1}}, "authorization.cedar.bogus"),
+        # The filtered listing follows roles: it would bypass a policy forbidding ListNamespaces.
+        ({"filterListNamespaces": True}, "authorization.filterListNamespaces"),
     ],
 )
 def test_bad_cedar_config_names_the_key(tmp_path: Path, change: dict[str, Any], path: str) -> None:

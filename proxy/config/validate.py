@@ -281,6 +281,14 @@ def _validate_cedar(az: AuthorizationConfig) -> None:
                 "authorization.cedar", "is set but authorization.authorizer is not cedar"
             )
         return
+    if az.filter_list_namespaces:
+        # The filtered listing is decided by roles alone: a policy forbidding ListNamespaces
+        # would be bypassed for callers the roles deny (fail closed: refuse the pair).
+        raise ConfigError(
+            "authorization.filterListNamespaces",
+            "cannot be combined with authorizer: cedar (the filtered listing follows roles, "
+            "not policies); permit ListNamespaces with a Cedar policy instead",
+        )
     if not [p for p in cedar.policy_files if p.strip()]:
         raise ConfigError(
             "authorization.cedar.policyFiles", "authorizer cedar needs at least one file"
