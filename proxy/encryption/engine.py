@@ -251,7 +251,7 @@ def _seal(
 ) -> Encrypted:
     msg = _parse(cls, body, label)
     unknown: tuple[str, ...] = ()
-    if not discard_if_clean(msg, body):
+    if not discard_if_clean(msg):
         msg = cls.FromString(body)  # restore what the check dropped
         unknown = _paths(msg, label)
     sealer = _Sealer(plan, keys, label, max_payloads)
@@ -312,7 +312,7 @@ def find_unknown_fields(plan: EncryptionPlan, method: str, body: bytes) -> tuple
     mp = _method(plan, method)
     msg = _parse(mp.request_class, body, method)
     found: tuple[str, ...] = ()
-    if not discard_if_clean(msg, body):
+    if not discard_if_clean(msg):
         msg = mp.request_class.FromString(body)
         found = _paths(msg, method)
     if mp.request is None:
@@ -331,7 +331,7 @@ def _paths(msg: Message, label: str) -> tuple[str, ...]:
 
 def _any_body_unknowns(body: Message, raw: bytes, label: str) -> list[str]:
     """Unknown fields inside an opened Any body (the root check cannot see into its bytes)."""
-    if discard_if_clean(body, raw):
+    if discard_if_clean(body):
         return []
     body.ParseFromString(raw)  # restore what the check dropped
     name = body.DESCRIPTOR.full_name

@@ -35,15 +35,18 @@ class TooManyNodes(Exception):
     """Internal: the slow walk exceeded its bound (the engine names the method)."""
 
 
-def discard_if_clean(msg: Message, body: bytes) -> bool:
-    """True when `msg` (parsed from `body`) holds no unknown field anywhere.
+def discard_if_clean(msg: Message) -> bool:
+    """True when `msg` holds no unknown field anywhere.
 
-    Drops unknown fields (recursively, in C) and compares the re-encoded size with the input.
-    A False is also returned for non-canonical input (a repeated singular field, say); the caller
-    then re-parses `body` (restoring what was dropped) and asks `unknown_paths` for the truth.
+    Drops unknown fields (recursively, in C) and compares the encoded size before and after:
+    only dropped unknown fields can shrink it. (Comparing with `len(body)` instead could be
+    fooled: some inputs grow when re-encoded, e.g. a map entry sent without its key, and that
+    growth can hide an unknown field of the same size.) On False the caller re-parses `body`
+    (restoring what was dropped) and asks `unknown_paths` for the paths.
     """
+    before = msg.ByteSize()
     msg.DiscardUnknownFields()
-    return msg.ByteSize() == len(body)
+    return msg.ByteSize() == before
 
 
 def unknown_paths(msg: Message, max_nodes: int = DEFAULT_MAX_NODES) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from temporalio.api.update.v1 import Outcome, Response
 from temporalio.api.workflowservice.v1 import (
     DescribeNamespaceRequest,
     RespondWorkflowTaskCompletedRequest,
+    SignalWorkflowExecutionRequest,
     StartWorkflowExecutionRequest,
 )
 
@@ -124,3 +125,32 @@ def test_unknown_fields_inside_a_payload_are_sealed_not_reported(
     )
     assert find_unknown_fields(plan, START, body) == ()
     assert b"new-field" not in encrypt_request(plan, START, body, keys).body
+
+
+def test_re_encoding_growth_cannot_hide_an_unknown_field(
+    plan: EncryptionPlan, keys: NamespaceKeys
+) -> None:
+    # A map entry sent without its key re-encodes 2 bytes longer (the empty key is written out).
+    # Four already-encrypted payloads whose metadata has one such entry each grow by 8 bytes;
+    # an unknown field of exactly 8 bytes (tag, length, 6 bytes) beside them must be found.
+    sealed = Payload(
+        metadata={"encoding": b"binary/encrypted", "encryption-key-id": b"k"}, data=b"x"
+    ).SerializeToString()
+    keyless_entry = _len_field(1, _len_field(2, b"v"))  # metadata entry: value only
+    payload = sealed + keyless_entry
+    entry = _tag(1, 2) + encode_varint(len(payload)) + payload
+    payloads = entry * 4
+    signal = WF + "SignalWorkflowExecution"
+    body = (
+        SignalWorkflowExecutionRequest(namespace="payments", signal_name="s").SerializeToString()
+        + _tag(4, 2)
+        + encode_varint(len(payloads))
+        + payloads
+        + _len_field(9, b"SECRET")  # 8 bytes on the wire: the growth hides exactly this
+    )
+    grown = SignalWorkflowExecutionRequest.FromString(body)
+    grown.DiscardUnknownFields()
+    assert grown.ByteSize() == len(body), "the growth balances the unknown field exactly"
+    assert find_unknown_fields(plan, signal, body) == ("9",)
+    with pytest.raises(UnknownFieldError):
+        encrypt_request(plan, signal, body, keys)
