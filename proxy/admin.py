@@ -22,7 +22,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from proxy.interfaces import Logger
+from proxy.interfaces import Logger, TaskSpawner
 
 ReadinessCheck = Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
 
@@ -270,11 +270,14 @@ class GuardedSite(web.BaseSite):
         limits: AdminLimits,
         metrics: AdminMetrics,
         logger: Logger,
+        tasks: TaskSpawner,
         ssl_context: ssl.SSLContext | None = None,
         reuse_port: bool = False,
         backlog: int = 1024,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        # The accept loop and each connection run in the owner's TaskGroup (the app's).
+        self._tasks = tasks
         self._host = host
         self._port = port
         self._limits = limits
@@ -317,7 +320,7 @@ class GuardedSite(web.BaseSite):
             raise
         self._sock = sock
         self.bound_port = sock.getsockname()[1]
-        self._accepting = loop.create_task(self._accept_loop(sock), name="admin-accept")
+        self._accepting = self._tasks.create_task(self._accept_loop(sock), name="admin-accept")
 
     async def stop(self) -> None:
         if self._accepting is not None:
@@ -349,7 +352,7 @@ class GuardedSite(web.BaseSite):
                 self._metrics.closed["over_limit"].inc()
                 conn.close()
                 continue
-            task = loop.create_task(self._serve(conn))
+            task = self._tasks.create_task(self._serve(conn), name="admin-connection")
             self._serving.add(task)
             task.add_done_callback(self._serving.discard)
 

@@ -37,7 +37,7 @@ from proxy.encryption.service import PayloadEncryption, shipped_api_version
 from proxy.errors import ConfigError
 from proxy.forward import ForwardingHandler, UpstreamPool, channel_options, close_channels
 from proxy.gate import Gate, build_gate
-from proxy.interfaces import Logger
+from proxy.interfaces import Logger, TaskSpawner
 from proxy.keys.build import build_key_provider
 from proxy.keys.idp import IdpKeys
 from proxy.keys.jwks import JwksKeyProvider
@@ -216,7 +216,7 @@ class App:
                     tg.create_task(self._keys_loop(), name="jwks")
                 if self.server is None:
                     await self.start()
-                runner = await self.start_admin()
+                runner = await self.start_admin(tg)
                 tg.create_task(self._reload_loop(), name="tls-reload")
                 tg.create_task(self.reloader.run_expiration_checks(), name="cert-expiry")
                 tg.create_task(trim_loop(self.handler), name="malloc-trim")
@@ -244,7 +244,8 @@ class App:
                 ),
             )
 
-    async def start_admin(self) -> web.AppRunner:
+    async def start_admin(self, tasks: TaskSpawner) -> web.AppRunner:
+        """Bind the admin listener; its accept loop and connections run in `tasks`."""
         assert self.admin is not None
         a = self.cfg.admin
         soft, hard = raise_file_limit()
@@ -275,6 +276,7 @@ class App:
             ),
             metrics=AdminMetrics(self.registry),
             logger=self.log,
+            tasks=tasks,
             ssl_context=ssl_ctx,
             reuse_port=self.cfg.listen.workers != 1,
         )

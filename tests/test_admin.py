@@ -69,20 +69,22 @@ async def _admin(ssl_context: ssl.SSLContext | None) -> AsyncIterator[Admin]:
     )
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=LIMITS.idle_timeout)
     await runner.setup()
-    site = GuardedSite(
-        runner,
-        "127.0.0.1",
-        0,
-        limits=LIMITS,
-        metrics=AdminMetrics(registry),
-        logger=None,
-        ssl_context=ssl_context,
-    )
-    await site.start()
-    try:
-        yield Admin(registry, site)
-    finally:
-        await runner.cleanup()
+    async with asyncio.TaskGroup() as tg:
+        site = GuardedSite(
+            runner,
+            "127.0.0.1",
+            0,
+            limits=LIMITS,
+            metrics=AdminMetrics(registry),
+            logger=None,
+            tasks=tg,
+            ssl_context=ssl_context,
+        )
+        await site.start()
+        try:
+            yield Admin(registry, site)
+        finally:
+            await runner.cleanup()
 
 
 async def _closed_after(reader: asyncio.StreamReader, limit: float) -> float:

@@ -3,6 +3,7 @@ table, and the unauthenticated-codec rule holds for a Config built in code too."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from pathlib import Path
@@ -83,12 +84,13 @@ async def test_readme_metrics_table_lists_exactly_what_a_full_proxy_exports(
 ) -> None:
     registry = CollectorRegistry()
     app = build(full_config(tmp_path), logger=get_logger(), registry=registry)
-    runner = await app.start_admin()  # the admin listener's metrics exist once it listens
-    try:
-        exported = registered(registry)
-    finally:
-        await runner.cleanup()
-        await app.pool.close(0)
+    async with asyncio.TaskGroup() as tg:
+        runner = await app.start_admin(tg)  # the admin listener's metrics exist once it listens
+        try:
+            exported = registered(registry)
+        finally:
+            await runner.cleanup()
+            await app.pool.close(0)
     documented = readme_metrics()
     assert len(documented) >= 10, "README metrics table not found"
     assert sorted(exported) == sorted(documented)
