@@ -205,16 +205,17 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc h
         # takes the slot over when it starts; if it never does, the task's end releases it.
         # A plain counter: everything here runs on the event loop's thread.
         task = asyncio.current_task(loop)
-        if task is not None:
-            if self.calls >= self._max_calls:
-                self._rejected.inc()
-                info = self._lookup(method)
-                self._metrics.request(
-                    info.short_name if info is not None else "unknown", "RESOURCE_EXHAUSTED"
-                ).inc()
-                return self._reject_handler
-            self.calls += 1
-            task.add_done_callback(self._on_abandoned)
+        # No task to tie the slot to (grpc.aio always runs this in the call's task): refuse
+        # rather than let a call past the cap uncounted.
+        if task is None or self.calls >= self._max_calls:
+            self._rejected.inc()
+            info = self._lookup(method)
+            self._metrics.request(
+                info.short_name if info is not None else "unknown", "RESOURCE_EXHAUSTED"
+            ).inc()
+            return self._reject_handler
+        self.calls += 1
+        task.add_done_callback(self._on_abandoned)
         return handler
 
     def _relay(self, info: MethodInfo) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
@@ -355,6 +356,11 @@ class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc h
                 if trailing_md:
                     context.set_trailing_metadata(tuple(trailing_md))
                 return response
+            except Exception:
+                # An abort set `code` already; anything else reaches the caller as UNKNOWN.
+                if code == "OK":
+                    code = "UNKNOWN"
+                raise
             except asyncio.CancelledError:
                 # grpc cancels the handler both when the caller gives up and when its
                 # deadline passes; the caller sees DEADLINE_EXCEEDED in the second case.
