@@ -457,9 +457,16 @@ def test_ping_flood_is_cut_off(proxy: ProxyProcess, pki: Pki, token: str) -> Non
                 sent += 100
                 await asyncio.sleep(0)
         elapsed = time.monotonic() - started
+        # Wait (bounded) for the server's answer to the flood before leaving ourselves.
+        for _ in range(50):
+            if conn.seen.closed or conn.seen.goaway is not None:
+                break
+            await asyncio.sleep(0.1)
+        cut_off.append(conn.seen.closed or conn.seen.goaway is not None)
         await conn.close()
         return conn.seen, sent, elapsed
 
+    cut_off: list[bool] = []  # the server ended the connection before the attacker did
     cpu_before = cpu_seconds()
     with GoodClient(pki, proxy, token) as good:
         seen, sent, elapsed = asyncio.run(asyncio.wait_for(attack(), 30))
@@ -471,9 +478,12 @@ def test_ping_flood_is_cut_off(proxy: ProxyProcess, pki: Pki, token: str) -> Non
         f"goaway {seen.goaway}, cpu {cpu:.2f} s; good calls {len(good.latencies)}, "
         f"slowest {max(good.latencies) * 1000:.0f} ms"
     )
-    assert seen.goaway is not None and seen.goaway[0] == ENHANCE_YOUR_CALM, seen.goaway
-    assert seen.goaway[1] == b"too_many_pings"
-    assert seen.closed
+    # Cut off by the server: grpc-core sends GOAWAY ENHANCE_YOUR_CALM "too_many_pings" and
+    # closes. On a loaded machine the close can reset the socket before the client has read
+    # that frame, so either is proof; a GOAWAY, when read, must be that one.
+    assert cut_off == [True], seen
+    if seen.goaway is not None:
+        assert seen.goaway[0] == ENHANCE_YOUR_CALM and seen.goaway[1] == b"too_many_pings"
     assert rss_mib(proxy) < 300
     assert_memory_returns(proxy, idle)
 
