@@ -18,6 +18,7 @@ from proxy.config.schema import Config
 from proxy.encryption.service import PayloadEncryption
 from proxy.errors import ConfigError
 from proxy.gate import Verdict, build_gate
+from proxy.interfaces import Logger
 from proxy.keys.build import build_key_provider
 from proxy.keys.fetch import redact_uri
 from proxy.keys.idp import IdpKeys
@@ -394,7 +395,7 @@ def render(explanation: Explanation, as_json: bool) -> str:
     return explanation.as_text()
 
 
-def _payload_encryption(cfg: Config, info: MethodInfo, verdict: Verdict, logger: Any) -> str:
+def _payload_encryption(cfg: Config, info: MethodInfo, verdict: Verdict, logger: Logger) -> str:
     """Empty without `encryption.namespaces` (nothing to say, output as before)."""
     if not cfg.encryption.namespaces:
         return ""

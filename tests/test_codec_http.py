@@ -956,7 +956,9 @@ async def test_every_path_shape_the_cli_and_ui_send(start: Start, http: ClientSe
         # Deeper paths and other operations are JSON 404s; GET on an operation is a 405.
         for path in ("/x/orders/decode", "/orders/explode", "/nothing"):
             status, headers, answer = await raw_post(http, base + path, body, hdr)
-            assert (status, json.loads(answer)) == (404, {"error": "not found"}), (prefix, path)
+            error = json.loads(answer)["error"]
+            assert status == 404 and error.startswith("not found"), (prefix, path)
+            assert "codec.pathPrefix" in error  # the hint for an endpoint behind an ingress path
         async with http.get(base + "/decode") as resp:
             assert resp.status == 405
             assert resp.headers["Allow"] == "OPTIONS, POST"
@@ -1076,3 +1078,21 @@ def test_path_prefix_config() -> None:
         with pytest.raises(ConfigError) as info:
             cfg(bad)
         assert info.value.path == "codec.pathPrefix", bad
+
+
+async def test_the_wildcard_entry_is_not_a_namespace_a_caller_can_name(
+    start: Start, http: ClientSession
+) -> None:
+    # `*` in namespaceKeys covers every namespace not named; a caller with a role on a
+    # namespace literally called `*` must not reach those keys through /*/decode.
+    ring = KeyRing({"pay": KEY_NEW, "rest": KEY_NS})
+    codec = PayloadCodec(ring, namespace_keys={"payments": "pay", "*": "rest"})
+    base = await start(codec=codec)
+    star = token("*:read", "*:write", sub="star")
+    sealed = {
+        "payloads": [to_json(p) for p in codec.encode([from_json_ours(plain_json(b"1"))], "x")]
+    }
+    for path, headers in ((f"{base}/*/decode", {}), (f"{base}/decode", {"X-Namespace": "*"})):
+        resp, answer = await post(http, path, sealed, star, headers)
+        assert resp.status == 400, answer
+        assert answer == {"error": "'*' is not a namespace"}

@@ -58,6 +58,7 @@ from proxy.codec.body import (
     parse_payloads,
 )
 from proxy.codec.payload import (
+    WILDCARD_NAMESPACE,
     CodecError,
     KeyNotAllowedError,
     NoNamespaceKeysError,
@@ -221,7 +222,11 @@ class _CodecServer:
             response = _error(405, f"method {request.method[:16]} not allowed (use POST)")
             response.headers["Allow"] = "OPTIONS, POST"
         else:
-            response = _error(404, "not found")
+            response = _error(
+                404,
+                "not found: the operation (encode, decode, download) is the last path segment, "
+                "after at most one namespace segment (behind a path prefix? set codec.pathPrefix)",
+            )
         self._cors(request, response)
         self._observe("unknown", request, response, started)
         return response
@@ -431,8 +436,15 @@ def _namespace(request: web.Request) -> str:
         from_path = None
     from_header = request.headers.get(NAMESPACE_HEADER)
     if from_path is not None and from_header is not None and from_path != from_header:
-        raise bad_request(f"namespace in the path and the {NAMESPACE_HEADER} header differ")
-    return from_header if from_header is not None else (from_path or "")
+        raise bad_request(
+            f"namespace in the path and the {NAMESPACE_HEADER} header differ "
+            "(served behind a path prefix? set codec.pathPrefix)"
+        )
+    namespace = from_header if from_header is not None else (from_path or "")
+    if namespace == WILDCARD_NAMESPACE:
+        # `*` in codec.namespaceKeys means "every namespace not named"; it names none itself.
+        raise bad_request("'*' is not a namespace")
+    return namespace
 
 
 def _namespace_for_log(request: web.Request) -> str:

@@ -537,7 +537,7 @@ async def test_path_prefix_and_the_web_uis_request_shape(codec_proxy: Start, pki
     assert b64(ui.json()["payloads"][0], "data") == json.dumps(secret).encode()
     assert ui.headers["Access-Control-Allow-Origin"] == UI
     missing = request(proxy, "POST", f"{base}/{NAMESPACE}/nothing", body, ui_headers)
-    assert missing.status == 404 and missing.json() == {"error": "not found"}
+    assert missing.status == 404 and missing.json()["error"].startswith("not found")
     assert missing.headers["Access-Control-Allow-Origin"] == UI
     assert "Origin" in missing.headers["Vary"]
     # Outside the prefix there is no codec.
