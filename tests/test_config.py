@@ -413,3 +413,23 @@ def test_stream_and_call_limits_are_validated_with_their_path(key: str, value: A
         parse_config(minimal(listen={key: value}), {})
     assert caught.value.path == f"listen.{key}"
     assert "unknown" not in str(caught.value)  # a known key, refused for its value
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["https://ui.example.com/", "https://ui.example.com/path", "ui.example.com", "*", ""],
+)
+def test_a_cors_origin_a_browser_never_sends_is_refused(origin: str) -> None:
+    # Such an entry matches no browser's Origin header: a silent wall for the Web UI.
+    raw = _codec("127.0.0.1:9090", cors={"origins": ["http://localhost:8233", origin]})
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, {})
+    assert info.value.path == "codec.cors.origins[1]"
+
+
+@pytest.mark.parametrize(
+    "origin", ["http://localhost:8233", "https://ui.example.com", "http://[::1]:8233"]
+)
+def test_cors_origins_as_browsers_send_them_are_accepted(origin: str) -> None:
+    raw = _codec("127.0.0.1:9090", cors={"origins": [origin]})
+    assert parse_config(raw, {}).codec.cors.origins == (origin,)

@@ -19,6 +19,11 @@ from proxy.config.schema import (
 )
 from proxy.errors import ConfigError
 
+# An origin as browsers send it: scheme://host[:port] (a bracketed IPv6 host too).
+_ORIGIN = re.compile(
+    r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?"
+)
+
 
 def validate(cfg: Config) -> None:
     """Temporal's own rules plus ours; everything that needs no file access."""
@@ -181,6 +186,14 @@ def validate(cfg: Config) -> None:
             if bound < low:
                 raise ConfigError(f"codec.{name}", f"must be at least {low}")
         validate_codec_exposure(cfg)
+        for i, origin in enumerate(codec.cors.origins):
+            # A browser sends `scheme://host[:port]` exactly: anything else never matches.
+            if not _ORIGIN.fullmatch(origin):
+                raise ConfigError(
+                    f"codec.cors.origins[{i}]",
+                    f"{origin!r} is not an origin: write scheme://host[:port], no path, "
+                    "no trailing '/', no wildcard (e.g. https://temporal-ui.example.com)",
+                )
         prefix = codec.path_prefix
         if prefix and (
             not prefix.startswith("/")
