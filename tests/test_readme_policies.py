@@ -185,7 +185,7 @@ def test_every_policy_block_validates_against_the_shipped_schema(tmp_path: Path)
         assert load_policies([path], schema).sources, path
     # And all together (ids are unique across the guide).
     whole = load_policies([str(tmp_path / "readme-*.cedar")], schema)
-    assert len(whole.sources) == len(blocks) + 1  # example 5 has two policies
+    assert len(whole.sources) == len(blocks) + 2  # examples 2 and 5 have two policies each
 
 
 async def test_every_explain_output_is_what_explain_prints(tmp_path: Path) -> None:
