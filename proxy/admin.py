@@ -22,6 +22,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from proxy.config.schema import AdminConfig
 from proxy.interfaces import Logger, TaskSpawner
 
 ReadinessCheck = Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
@@ -98,6 +99,15 @@ class AdminLimits:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     idle_timeout: float = 30.0
+
+    @classmethod
+    def from_config(cls, cfg: AdminConfig) -> AdminLimits:
+        return cls(
+            max_connections=cfg.max_connections,
+            header_timeout=cfg.header_timeout,
+            body_timeout=cfg.body_timeout,
+            idle_timeout=cfg.idle_timeout,
+        )
 
 
 class AdminMetrics:

@@ -268,12 +268,7 @@ class App:
             runner,
             host,
             port,
-            limits=AdminLimits(
-                max_connections=a.max_connections,
-                header_timeout=a.header_timeout,
-                body_timeout=a.body_timeout,
-                idle_timeout=a.idle_timeout,
-            ),
+            limits=AdminLimits.from_config(a),
             metrics=AdminMetrics(self.registry),
             logger=self.log,
             tasks=tasks,

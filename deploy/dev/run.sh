@@ -25,10 +25,17 @@ if ! "$bin/temporal" operator cluster health --address 127.0.0.1:17233 >/dev/nul
     --ui-ip 127.0.0.1 --ui-port "$ui_port" --ui-codec-endpoint "$codec" --ui-disable-news-fetch \
     >"$root/.run/temporal.log" 2>&1 &
   pids+=($!)
+  healthy=no
   for _ in $(seq 1 100); do
-    "$bin/temporal" operator cluster health --address 127.0.0.1:17233 >/dev/null 2>&1 && break
+    "$bin/temporal" operator cluster health --address 127.0.0.1:17233 >/dev/null 2>&1 \
+      && { healthy=yes; break; }
     sleep 0.2
   done
+  if [ "$healthy" != yes ]; then
+    echo "The Temporal dev server did not come up in 20 s (port 17233 or $ui_port taken?);" \
+      "see $root/.run/temporal.log" >&2
+    exit 1
+  fi
 else
   echo "A Temporal dev server already runs on 127.0.0.1:17233; its Web UI may lack the codec." >&2
 fi
@@ -36,11 +43,16 @@ fi
 "$bin/temporal-auth-proxy" serve --config "$root/deploy/dev/proxy.yaml" &
 proxy=$!
 pids+=("$proxy")
+ready=no
 for _ in $(seq 1 100); do
-  answers http://127.0.0.1:9090/readyz && break
+  answers http://127.0.0.1:9090/readyz && { ready=yes; break; }
   kill -0 "$proxy" 2>/dev/null || { echo "The proxy exited (see above)." >&2; exit 1; }
   sleep 0.2
 done
+if [ "$ready" != yes ]; then
+  echo "The proxy is not ready after 20 s: see its log above and http://127.0.0.1:9090/readyz" >&2
+  exit 1
+fi
 
 token=$("$bin/temporal-auth-proxy" dev-token --certs "$certs" --subject dev-user \
   --permission default:admin --permission temporal-system:admin)
