@@ -33,6 +33,7 @@ from proxy.encryption.keys import NamespaceKeys
 from proxy.encryption.plan import EncryptionPlan
 from proxy.errors import ProxyError
 from proxy.interfaces import Logger
+from proxy.methods import ADMIN_SERVICE_PREFIX
 from proxy.metrics import EncryptionMetrics
 from proxy.model import Access, MethodInfo, Scope
 
@@ -112,6 +113,14 @@ DISABLED = EncryptionSettings(
 )
 
 
+# AdminService calls that write a namespace's history (payloads included) into the store. The
+# proxy ships no AdminService descriptors, so while any namespace is encrypted they are refused
+# rather than let plaintext history in (operators run them against the frontend directly).
+UNSEALABLE_ADMIN_WRITES: frozenset[str] = frozenset(
+    ADMIN_SERVICE_PREFIX + name for name in ("ImportWorkflowExecution", "ReapplyEvents")
+)
+
+
 class PayloadEncryption:
     """Holds the plan (loaded once, only when a namespace is encrypted), the current settings
     and the metrics; `call` is on every call's path."""
@@ -181,6 +190,14 @@ class PayloadEncryption:
         settings = self.settings
         keys = settings.keys.get(namespace)
         if keys is None:
+            if settings.keys and info.full_name in UNSEALABLE_ADMIN_WRITES:
+                self._refused(namespace, "unknown_method", info.short_name)
+                raise EncryptionRefused(
+                    "FAILED_PRECONDITION",
+                    "unknown_method",
+                    f"{info.short_name} writes history the proxy cannot encrypt (AdminService "
+                    "is not in the API it ships) while payload encryption is on",
+                )
             if namespace or not settings.keys or info.scope is not Scope.NAMESPACE:
                 return None
             self._check_no_namespace(info)

@@ -428,3 +428,22 @@ def test_more_payloads_than_the_bound_is_invalid_argument() -> None:
     assert "more than 10000 payloads" in refused.value.message
     failures = "temporal_auth_proxy_encryption_failures_total"
     assert value(registry, failures, namespace="pay", reason="limit_exceeded") == 1
+
+
+@pytest.mark.parametrize("name", ["ImportWorkflowExecution", "ReapplyEvents"])
+def test_admin_history_writes_are_refused_while_encryption_is_on(name: str) -> None:
+    # AdminService carries history (payloads) the proxy ships no descriptors for: it would
+    # reach the store in plaintext, so it is refused while any namespace is encrypted.
+    info = methods.lookup(methods.ADMIN_SERVICE_PREFIX + name)
+    assert info is not None
+    enc, registry, _ = service()
+    with pytest.raises(EncryptionRefused) as refused:
+        enc.call(info, "")
+    assert refused.value.code == "FAILED_PRECONDITION"
+    failures = "temporal_auth_proxy_encryption_failures_total"
+    assert value(registry, failures, namespace="_other_", reason="unknown_method") == 1
+    disabled, _, _ = service(config(encryption={}))
+    assert disabled.call(info, "") is None
+    # Other AdminService calls (cluster operations) are untouched.
+    describe = methods.lookup(methods.ADMIN_SERVICE_PREFIX + "DescribeCluster")
+    assert describe is not None and enc.call(describe, "") is None
