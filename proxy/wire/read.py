@@ -156,45 +156,49 @@ def _check_go_rules(data: bytes, shadow: type[Message] | None = None) -> None:
     """
     if not data:
         return
+    classes = data.translate(_CLASSES)
+    found = _candidates(classes)
+    checked = data
+    if len(found) > _FEW and shadow is not None:
+        residue: Any = shadow.FromString(data)
+        for field, _ in residue.ListFields():
+            residue.ClearField(field.name)
+        checked = residue.SerializeToString()  # the unknown fields, in order and verbatim
+        if len(checked) < len(data):  # else nothing was declared: the same bytes
+            classes = checked.translate(_CLASSES)
+            found = _candidates(classes)
+    if not found:
+        changed = checked
+    elif len(found) <= _FEW:
+        parts: list[bytes] = []
+        last = 0
+        for at in found:
+            parts += (checked[last:at], b"\x00")
+            last = at + 1
+        parts.append(checked[last:])
+        changed = b"".join(parts)
+    else:
+        marked = classes.replace(_OVERFLOW_CANDIDATE, _ZEROED_RUN)
+        mask = int.from_bytes(marked.translate(_KEEP_MASK), "little")
+        changed = (int.from_bytes(checked, "little") & mask).to_bytes(len(checked), "little")
     bare = _probe((), 0)
     try:
-        # Inside 100 groups: an unknown group in `data` is one too deep for upb.
-        bare.FromString(_GROUPS_OPEN + data + _GROUPS_CLOSE)
+        # One parse for both rules: inside 100 groups, any unknown group is one too deep, and a
+        # zeroed overflow leaves a 9-byte tag. (Top-level groups are unknown to `shadow` too,
+        # so they stay in its residue.)
+        bare.FromString(b"".join((_GROUPS_OPEN, changed, _GROUPS_CLOSE)))
+        return
+    except DecodeError:
+        pass
+    try:
+        bare.FromString(b"".join((_GROUPS_OPEN, data, _GROUPS_CLOSE)))
     except DecodeError:
         # upb accepted `data` itself, so the cause is an unknown group: walk it exactly.
         if len(data) > MAX_GROUP_WALK_BYTES:
             raise MalformedRequestError("unknown groups in a body over 64 KiB") from None
         _walk_exact(data, None)
         return
-    classes = data.translate(_CLASSES)
-    found = _candidates(classes)
-    if not found:
-        return
-    if len(found) > _FEW and shadow is not None:
-        residue: Any = shadow.FromString(data)
-        for field, _ in residue.ListFields():
-            residue.ClearField(field.name)
-        data = residue.SerializeToString()  # the unknown fields, in order and verbatim
-        classes = data.translate(_CLASSES)
-        found = _candidates(classes)
-        if not found:
-            return
-    if len(found) <= _FEW:
-        parts: list[bytes] = []
-        last = 0
-        for at in found:
-            parts += (data[last:at], b"\x00")
-            last = at + 1
-        parts.append(data[last:])
-        changed = b"".join(parts)
-    else:
-        marked = classes.replace(_OVERFLOW_CANDIDATE, _ZEROED_RUN)
-        mask = int.from_bytes(marked.translate(_KEEP_MASK), "little")
-        changed = (int.from_bytes(data, "little") & mask).to_bytes(len(data), "little")
-    try:
-        bare.FromString(changed)
-    except DecodeError:
-        raise MalformedRequestError("varint overflows 64 bits") from None
+    raise MalformedRequestError("varint overflows 64 bits")
 
 
 def _candidates(classes: bytes) -> list[int]:
