@@ -90,18 +90,16 @@ _TYPE_OF_WIRE = {
 # The body inside MAX_GROUP_DEPTH unknown groups (field 1): any group in it is one too deep.
 _GROUPS_OPEN = bytes([1 << 3 | 3]) * MAX_GROUP_DEPTH
 _GROUPS_CLOSE = bytes([1 << 3 | 4]) * MAX_GROUP_DEPTH
-# Byte classes: "a" 0x00-0x01, "b" 0x02-0x7f, "H" 0x80-0xff (a varint's continuation bytes).
-_CLASSES = bytes.maketrans(bytes(range(256)), b"a" * 2 + b"b" * 126 + b"H" * 128)
-# Nine continuation bytes and an end byte > 1; these never overlap (each ends at its own "b").
-_OVERFLOW_CANDIDATE = b"HHHHHHHHHb"
-_ZEROED_RUN = b"ZHHHHHHHHb"  # Z: the byte zeroed in the copy
+# Byte classes: 0x01 for 0x00-0x01, 0x7f for 0x02-0x7f, 0xff for 0x80-0xff (a varint's
+# continuation bytes). Each class value keeps every byte of its class under `&`, so the marked
+# classes are themselves the mask that zeroes the copy (0x00 marks a zeroed byte).
+_CLASSES = bytes.maketrans(bytes(range(256)), b"\x01" * 2 + b"\x7f" * 126 + b"\xff" * 128)
+_OVERFLOW_CANDIDATE = b"\xff" * 9 + b"\x7f"
+_ZEROED_RUN = b"\x00" + _OVERFLOW_CANDIDATE[1:]
 # Bodies up to this size are parsed with the shadow probe first (see read_string).
 _SHADOW_FIRST = 256 * 1024
 # Up to this many look-alikes the copy is spliced; beyond, one AND over the whole body.
 _FEW = 64
-_KEEP_MASK = bytes.maketrans(
-    bytes(range(256)), bytes(0 if c == ord("Z") else 0xFF for c in range(256))
-)
 
 
 @functools.lru_cache(maxsize=64)
@@ -179,7 +177,7 @@ def _check_go_rules(data: bytes, shadow: type[Message] | None = None) -> None:
         changed = b"".join(parts)
     else:
         marked = classes.replace(_OVERFLOW_CANDIDATE, _ZEROED_RUN)
-        mask = int.from_bytes(marked.translate(_KEEP_MASK), "little")
+        mask = int.from_bytes(marked, "little")
         changed = (int.from_bytes(checked, "little") & mask).to_bytes(len(checked), "little")
     bare = _probe((), 0)
     try:
