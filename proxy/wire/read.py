@@ -29,17 +29,20 @@ per-field Python loop:
   a byte < 0x80 or a payload. Found with `bytes.translate`/`find` (C), the first of the nine is
   zeroed in a copy (spliced for a few, one big-int AND for many). To a parser that knows no
   field, payload bytes do not matter, and a real overflowing value becomes a 1-byte value and a
-  9-byte tag, which upb refuses: so upb's verdict on the copy is exact. In larger bodies with
-  many look-alikes (encrypted payloads) only the unknown residue is copied.
-- Field number 0 inside an unknown group. Whether the body has any unknown group at all is one
-  more upb parse with the body nested inside 100 groups (upb's depth limit). No Temporal client
+  9-byte tag, which upb refuses: so upb's verdict on the copy is exact.
+- Field number 0 inside an unknown group. Whether the body has any unknown group at all is
+  upb's parse of the body (or of the zeroed copy) nested inside 100 groups (upb's depth
+  limit): one parse for both rules, and one more only when it fails. No Temporal client
   sends groups; a body that has them is walked field by field in Python, and only up to
   `MAX_GROUP_WALK_BYTES` of fields the reader does not know (more is refused as malformed), so
   that walk stays bounded.
 
 Both rules can only fail outside payloads, so for bodies up to 256 KiB upb parses with a probe
 that also declares fields 1-63 as `bytes` (every payload field of Temporal's requests) and only
-what it leaves unknown is checked.
+what it leaves unknown is checked. Larger bodies are checked whole: the residue is no bound
+(fields above 63 are unknown to the probe, and upb is several times slower on tiny fields whose
+declared number has another wire type), and a 4 MiB body then costs ~20 ms at most
+(`bench/body_work.py`).
 """
 
 from __future__ import annotations
@@ -145,45 +148,30 @@ def _parse(cls: type[Message], data: bytes) -> Message:
         raise MalformedRequestError("not a well-formed protobuf message") from None
 
 
-def _check_go_rules(data: bytes, shadow: type[Message] | None = None) -> None:
-    """The two rules Go applies and upb does not, for bytes upb has accepted (see above).
-
-    When overflow look-alikes are present and a `shadow` probe is given, only what upb leaves
-    unknown to it is checked for overflow: the payload fields of Temporal's requests (where
-    encrypted data makes look-alikes common) are not rescanned.
-    """
+def _check_go_rules(data: bytes) -> None:
+    """The two rules Go applies and upb does not, for bytes upb has accepted (see above)."""
     if not data:
         return
     classes = data.translate(_CLASSES)
     found = _candidates(classes)
-    checked = data
-    if len(found) > _FEW and shadow is not None:
-        residue: Any = shadow.FromString(data)
-        for field, _ in residue.ListFields():
-            residue.ClearField(field.name)
-        checked = residue.SerializeToString()  # the unknown fields, in order and verbatim
-        if len(checked) < len(data):  # else nothing was declared: the same bytes
-            classes = checked.translate(_CLASSES)
-            found = _candidates(classes)
     if not found:
-        changed = checked
+        changed = data
     elif len(found) <= _FEW:
         parts: list[bytes] = []
         last = 0
         for at in found:
-            parts += (checked[last:at], b"\x00")
+            parts += (data[last:at], b"\x00")
             last = at + 1
-        parts.append(checked[last:])
+        parts.append(data[last:])
         changed = b"".join(parts)
     else:
         marked = classes.replace(_OVERFLOW_CANDIDATE, _ZEROED_RUN)
         mask = int.from_bytes(marked, "little")
-        changed = (int.from_bytes(checked, "little") & mask).to_bytes(len(checked), "little")
+        changed = (int.from_bytes(data, "little") & mask).to_bytes(len(data), "little")
     bare = _probe((), 0)
     try:
         # One parse for both rules: inside 100 groups, any unknown group is one too deep, and a
-        # zeroed overflow leaves a 9-byte tag. (Top-level groups are unknown to `shadow` too,
-        # so they stay in its residue.)
+        # zeroed overflow leaves a 9-byte tag.
         bare.FromString(b"".join((_GROUPS_OPEN, changed, _GROUPS_CLOSE)))
         return
     except DecodeError:
@@ -216,12 +204,12 @@ def read_string(data: bytes, path: tuple[int, ...]) -> str:
     MalformedRequestError (and nothing else) otherwise. An empty path only validates.
     """
     data = bytes(data)
-    shadow = _probe(path, _TYPE_STRING, shadow=True)
     small = len(data) <= _SHADOW_FIRST
-    # Small bodies: parse with the shadow probe at once and check only its unknown residue, so
-    # a payload is never rescanned. Large ones: the plain probe, which is faster on bodies of
-    # tiny fields, and the residue only if look-alikes make it worth it.
-    top: Any = _parse(shadow if small else _probe(path, _TYPE_STRING), data)
+    # Small bodies: parse with the shadow probe and check only its unknown residue, so a payload
+    # is never rescanned. Large ones: the plain probe and the whole body, a bounded cost: upb is
+    # several times slower with the shadow probe on tiny fields of a declared number with
+    # another wire type, and a residue can be the whole body (fields above `_SHADOWED`).
+    top: Any = _parse(_probe(path, _TYPE_STRING, shadow=small), data)
     node, value, subs = top, "", []
     for _ in path[:-1]:
         if not node.HasField("f"):
@@ -235,7 +223,7 @@ def read_string(data: bytes, path: tuple[int, ...]) -> str:
             top.ClearField(field.name)
         _check_go_rules(top.SerializeToString())
     else:
-        _check_go_rules(data, shadow)
+        _check_go_rules(data)
     for sub in subs:
         _check_go_rules(sub)
     return value
