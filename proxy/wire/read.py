@@ -103,6 +103,7 @@ _ZEROED_RUN = b"\x00" + _OVERFLOW_CANDIDATE[1:]
 _SHADOW_FIRST = 256 * 1024
 # Up to this many look-alikes the copy is spliced; beyond, one AND over the whole body.
 _FEW = 64
+_CHUNK = 64 * 1024  # the AND of many look-alikes, chunk by chunk
 
 
 @functools.lru_cache(maxsize=64)
@@ -154,25 +155,30 @@ def _check_go_rules(data: bytes) -> None:
         return
     classes = data.translate(_CLASSES)
     found = _candidates(classes)
+    parts: list[bytes] = [_GROUPS_OPEN]
     if not found:
-        changed = data
+        parts.append(data)
     elif len(found) <= _FEW:
-        parts: list[bytes] = []
         last = 0
         for at in found:
             parts += (data[last:at], b"\x00")
             last = at + 1
         parts.append(data[last:])
-        changed = b"".join(parts)
     else:
-        marked = classes.replace(_OVERFLOW_CANDIDATE, _ZEROED_RUN)
-        mask = int.from_bytes(marked, "little")
-        changed = (int.from_bytes(data, "little") & mask).to_bytes(len(data), "little")
+        # In chunks: small buffers are reused and stay in cache, 4 MiB ones are fresh pages. A
+        # look-alike starting in a chunk ends within 9 bytes after it, and none overlap.
+        tail = len(_OVERFLOW_CANDIDATE) - 1
+        for at in range(0, len(data), _CHUNK):
+            marked = classes[at : at + _CHUNK + tail].replace(_OVERFLOW_CANDIDATE, _ZEROED_RUN)
+            mask = int.from_bytes(marked[:_CHUNK], "little")
+            part = data[at : at + _CHUNK]
+            parts.append((int.from_bytes(part, "little") & mask).to_bytes(len(part), "little"))
+    parts.append(_GROUPS_CLOSE)
     bare = _probe((), 0)
     try:
         # One parse for both rules: inside 100 groups, any unknown group is one too deep, and a
         # zeroed overflow leaves a 9-byte tag.
-        bare.FromString(b"".join((_GROUPS_OPEN, changed, _GROUPS_CLOSE)))
+        bare.FromString(b"".join(parts))
         return
     except DecodeError:
         pass
