@@ -103,7 +103,7 @@ _ZEROED_RUN = b"\x00" + _OVERFLOW_CANDIDATE[1:]
 _SHADOW_FIRST = 256 * 1024
 # Up to this many look-alikes the copy is spliced; beyond, one AND over the whole body.
 _FEW = 64
-_CHUNK = 64 * 1024  # the AND of many look-alikes, chunk by chunk
+_CHUNK = 64 * 1024  # the Go-rule scans work chunk by chunk
 
 
 @functools.lru_cache(maxsize=64)
@@ -153,8 +153,15 @@ def _check_go_rules(data: bytes) -> None:
     """The two rules Go applies and upb does not, for bytes upb has accepted (see above)."""
     if not data:
         return
-    classes = data.translate(_CLASSES)
-    found = _candidates(classes)
+    # In chunks: small buffers are reused and stay in cache, 4 MiB ones are fresh pages. A
+    # look-alike starting in a chunk ends within 9 bytes after it, and none overlap.
+    tail = len(_OVERFLOW_CANDIDATE) - 1
+    found: list[int] = []
+    for at in range(0, len(data), _CHUNK):
+        classes = data[at : at + _CHUNK + tail].translate(_CLASSES)
+        found += (at + start for start in _candidates(classes) if start < _CHUNK)
+        if len(found) > _FEW:
+            break
     parts: list[bytes] = [_GROUPS_OPEN]
     if not found:
         parts.append(data)
@@ -165,11 +172,9 @@ def _check_go_rules(data: bytes) -> None:
             last = at + 1
         parts.append(data[last:])
     else:
-        # In chunks: small buffers are reused and stay in cache, 4 MiB ones are fresh pages. A
-        # look-alike starting in a chunk ends within 9 bytes after it, and none overlap.
-        tail = len(_OVERFLOW_CANDIDATE) - 1
         for at in range(0, len(data), _CHUNK):
-            marked = classes[at : at + _CHUNK + tail].replace(_OVERFLOW_CANDIDATE, _ZEROED_RUN)
+            classes = data[at : at + _CHUNK + tail].translate(_CLASSES)
+            marked = classes.replace(_OVERFLOW_CANDIDATE, _ZEROED_RUN)
             mask = int.from_bytes(marked[:_CHUNK], "little")
             part = data[at : at + _CHUNK]
             parts.append((int.from_bytes(part, "little") & mask).to_bytes(len(part), "little"))
