@@ -27,9 +27,9 @@ per-field Python loop:
   are either a whole 10-byte varint value with a 10th byte > 1 (the violation), or their first
   five bytes lie inside a payload: a tag or length has at most 4 continuation bytes and follows
   a byte < 0x80 or a payload. Found with `bytes.translate`/`find` (C), the first of the nine is
-  zeroed in a copy (spliced for a few, one big-int AND for many). To a parser that knows no
-  field, payload bytes do not matter, and a real overflowing value becomes a 1-byte value and a
-  9-byte tag, which upb refuses: so upb's verdict on the copy is exact.
+  zeroed in a copy (spliced for a few, a big-int AND per 64 KiB chunk for many). To a parser
+  that knows no field, payload bytes do not matter, and a real overflowing value becomes a
+  1-byte value and a 9-byte tag, which upb refuses: so upb's verdict on the copy is exact.
 - Field number 0 inside an unknown group. Whether the body has any unknown group at all is
   upb's parse of the body (or of the zeroed copy) nested inside 100 groups (upb's depth
   limit): one parse for both rules, and one more only when it fails. No Temporal client
