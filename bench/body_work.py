@@ -43,6 +43,14 @@ def _bodies(size: int) -> dict[str, bytes]:
         "10-byte varints (11 B)": fill(b"\x10" + b"\xff" * 9 + b"\x01"),
         "overflow look-alikes in payloads": fill(b"\x12\x7f" + payload),
         "look-alikes + tiny fields": fill(b"\x12\x0b" + lookalike + b"\x10\x00" * 20),
+        # Field 100 (tag \xa2\x06): above the numbers the payload-skipping probe declares.
+        "look-alikes in one field above 63": b"\x0a\x07default\xa2\x06"
+        + _varint(size - 14)
+        + (payload * (size // len(payload) + 1))[: size - 14],
+        "look-alikes in fields above 63": fill(b"\xa2\x06\x7f" + payload),
+        "look-alikes + tiny fields above 63": fill(
+            b"\xa2\x06\x0b" + lookalike + b"\xa0\x06\x00" * 20
+        ),
         "random payload (one field)": b"\x0a\x07default\x12"
         + _varint(size - 16)
         + os.urandom(size - 16),

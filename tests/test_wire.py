@@ -33,6 +33,7 @@ from temporalio.api.workflowservice.v1 import request_response_pb2 as rr
 from proxy.errors import MalformedRequestError
 from proxy.methods import lookup
 from proxy.wire.read import (
+    _CHUNK,
     MAX_GROUP_DEPTH,
     MAX_GROUP_WALK_BYTES,
     _walk_exact,
@@ -771,3 +772,25 @@ def test_read_string_applies_the_rules_along_the_path(data: bytes) -> None:
 def test_peek_bytes_is_lenient_about_utf8() -> None:
     assert peek_bytes(ld(1, ld(1, b"\xffname")), (1, 1)) == b"\xffname"
     assert peek_bytes(b"", (1, 1)) == b""
+
+
+@pytest.mark.parametrize("end", [b"\x02", b"\x01"], ids=["overflow", "no-overflow"])
+@pytest.mark.parametrize("many", [True, False], ids=["many-look-alikes", "none-else"])
+def test_varint_across_a_mask_chunk_boundary_in_a_large_body(end: bytes, many: bool) -> None:
+    # Over 256 KiB the body is scanned, and with many look-alikes (here in a field above 63,
+    # unknown to every probe) zeroed, chunk by chunk: a 10-byte value at each offset around a
+    # chunk boundary.
+    look = b"\x00" + b"\xff" * 9 + b"\x02" if many else b"\x00" * 11
+    rest = ld(100, look * 30_000)  # > 256 KiB in all
+    for start in range(2 * _CHUNK - 11, 2 * _CHUNK + 2):
+        head = ld(1, b"ns") + ld(100, look * 11_000)  # ~121 KiB: the value lands near 128 KiB
+        pad = start - 1 - len(head)
+        head += tag(3, 0) + b"\x80\x01" if pad % 2 else b""  # a 3-byte field fixes the parity
+        head += (tag(3, 0) + b"\x00") * ((start - 1 - len(head)) // 2)
+        body = head + tag(3, 0) + b"\xff" * 9 + end + rest
+        assert body[start : start + 10] == b"\xff" * 9 + end
+        if end == b"\x02":
+            with pytest.raises(MalformedRequestError, match="overflow"):
+                extract_namespace(body, 1)
+        else:
+            assert extract_namespace(body, 1) == "ns"

@@ -27,19 +27,22 @@ per-field Python loop:
   are either a whole 10-byte varint value with a 10th byte > 1 (the violation), or their first
   five bytes lie inside a payload: a tag or length has at most 4 continuation bytes and follows
   a byte < 0x80 or a payload. Found with `bytes.translate`/`find` (C), the first of the nine is
-  zeroed in a copy (spliced for a few, one big-int AND for many). To a parser that knows no
-  field, payload bytes do not matter, and a real overflowing value becomes a 1-byte value and a
-  9-byte tag, which upb refuses: so upb's verdict on the copy is exact. In larger bodies with
-  many look-alikes (encrypted payloads) only the unknown residue is copied.
-- Field number 0 inside an unknown group. Whether the body has any unknown group at all is one
-  more upb parse with the body nested inside 100 groups (upb's depth limit). No Temporal client
+  zeroed in a copy (spliced for a few, a big-int AND per 64 KiB chunk for many). To a parser
+  that knows no field, payload bytes do not matter, and a real overflowing value becomes a
+  1-byte value and a 9-byte tag, which upb refuses: so upb's verdict on the copy is exact.
+- Field number 0 inside an unknown group. Whether the body has any unknown group at all is
+  upb's parse of the body (or of the zeroed copy) nested inside 100 groups (upb's depth
+  limit): one parse for both rules, and one more only when it fails. No Temporal client
   sends groups; a body that has them is walked field by field in Python, and only up to
   `MAX_GROUP_WALK_BYTES` of fields the reader does not know (more is refused as malformed), so
   that walk stays bounded.
 
 Both rules can only fail outside payloads, so for bodies up to 256 KiB upb parses with a probe
 that also declares fields 1-63 as `bytes` (every payload field of Temporal's requests) and only
-what it leaves unknown is checked.
+what it leaves unknown is checked. Larger bodies are checked whole: the residue is no bound
+(fields above 63 are unknown to the probe, and upb is several times slower on tiny fields whose
+declared number has another wire type), and a 4 MiB body then costs ~20 ms at most
+(`bench/body_work.py`).
 """
 
 from __future__ import annotations
@@ -90,18 +93,17 @@ _TYPE_OF_WIRE = {
 # The body inside MAX_GROUP_DEPTH unknown groups (field 1): any group in it is one too deep.
 _GROUPS_OPEN = bytes([1 << 3 | 3]) * MAX_GROUP_DEPTH
 _GROUPS_CLOSE = bytes([1 << 3 | 4]) * MAX_GROUP_DEPTH
-# Byte classes: "a" 0x00-0x01, "b" 0x02-0x7f, "H" 0x80-0xff (a varint's continuation bytes).
-_CLASSES = bytes.maketrans(bytes(range(256)), b"a" * 2 + b"b" * 126 + b"H" * 128)
-# Nine continuation bytes and an end byte > 1; these never overlap (each ends at its own "b").
-_OVERFLOW_CANDIDATE = b"HHHHHHHHHb"
-_ZEROED_RUN = b"ZHHHHHHHHb"  # Z: the byte zeroed in the copy
+# Byte classes: 0x01 for 0x00-0x01, 0x7f for 0x02-0x7f, 0xff for 0x80-0xff (a varint's
+# continuation bytes). Each class value keeps every byte of its class under `&`, so the marked
+# classes are themselves the mask that zeroes the copy (0x00 marks a zeroed byte).
+_CLASSES = bytes.maketrans(bytes(range(256)), b"\x01" * 2 + b"\x7f" * 126 + b"\xff" * 128)
+_OVERFLOW_CANDIDATE = b"\xff" * 9 + b"\x7f"
+_ZEROED_RUN = b"\x00" + _OVERFLOW_CANDIDATE[1:]
 # Bodies up to this size are parsed with the shadow probe first (see read_string).
 _SHADOW_FIRST = 256 * 1024
 # Up to this many look-alikes the copy is spliced; beyond, one AND over the whole body.
 _FEW = 64
-_KEEP_MASK = bytes.maketrans(
-    bytes(range(256)), bytes(0 if c == ord("Z") else 0xFF for c in range(256))
-)
+_CHUNK = 64 * 1024  # the Go-rule scans work chunk by chunk
 
 
 @functools.lru_cache(maxsize=64)
@@ -147,54 +149,54 @@ def _parse(cls: type[Message], data: bytes) -> Message:
         raise MalformedRequestError("not a well-formed protobuf message") from None
 
 
-def _check_go_rules(data: bytes, shadow: type[Message] | None = None) -> None:
-    """The two rules Go applies and upb does not, for bytes upb has accepted (see above).
-
-    When overflow look-alikes are present and a `shadow` probe is given, only what upb leaves
-    unknown to it is checked for overflow: the payload fields of Temporal's requests (where
-    encrypted data makes look-alikes common) are not rescanned.
-    """
+def _check_go_rules(data: bytes) -> None:
+    """The two rules Go applies and upb does not, for bytes upb has accepted (see above)."""
     if not data:
         return
+    # In chunks: small buffers are reused and stay in cache, 4 MiB ones are fresh pages. A
+    # look-alike starting in a chunk ends within 9 bytes after it, and none overlap.
+    tail = len(_OVERFLOW_CANDIDATE) - 1
+    found: list[int] = []
+    for at in range(0, len(data), _CHUNK):
+        classes = data[at : at + _CHUNK + tail].translate(_CLASSES)
+        found += (at + start for start in _candidates(classes) if start < _CHUNK)
+        if len(found) > _FEW:
+            break
+    parts: list[bytes] = [_GROUPS_OPEN]
+    if not found:
+        parts.append(data)
+    elif len(found) <= _FEW:
+        last = 0
+        for at in found:
+            parts += (data[last:at], b"\x00")
+            last = at + 1
+        parts.append(data[last:])
+    else:
+        view = memoryview(data)
+        for at in range(0, len(data), _CHUNK):
+            classes = data[at : at + _CHUNK + tail].translate(_CLASSES)
+            # The mask's 9 extra bytes meet none of the part's: the AND drops them.
+            mask = int.from_bytes(classes.replace(_OVERFLOW_CANDIDATE, _ZEROED_RUN), "little")
+            part = view[at : at + _CHUNK]
+            parts.append((int.from_bytes(part, "little") & mask).to_bytes(len(part), "little"))
+    parts.append(_GROUPS_CLOSE)
     bare = _probe((), 0)
     try:
-        # Inside 100 groups: an unknown group in `data` is one too deep for upb.
-        bare.FromString(_GROUPS_OPEN + data + _GROUPS_CLOSE)
+        # One parse for both rules: inside 100 groups, any unknown group is one too deep, and a
+        # zeroed overflow leaves a 9-byte tag.
+        bare.FromString(b"".join(parts))
+        return
+    except DecodeError:
+        pass
+    try:
+        bare.FromString(b"".join((_GROUPS_OPEN, data, _GROUPS_CLOSE)))
     except DecodeError:
         # upb accepted `data` itself, so the cause is an unknown group: walk it exactly.
         if len(data) > MAX_GROUP_WALK_BYTES:
             raise MalformedRequestError("unknown groups in a body over 64 KiB") from None
         _walk_exact(data, None)
         return
-    classes = data.translate(_CLASSES)
-    found = _candidates(classes)
-    if not found:
-        return
-    if len(found) > _FEW and shadow is not None:
-        residue: Any = shadow.FromString(data)
-        for field, _ in residue.ListFields():
-            residue.ClearField(field.name)
-        data = residue.SerializeToString()  # the unknown fields, in order and verbatim
-        classes = data.translate(_CLASSES)
-        found = _candidates(classes)
-        if not found:
-            return
-    if len(found) <= _FEW:
-        parts: list[bytes] = []
-        last = 0
-        for at in found:
-            parts += (data[last:at], b"\x00")
-            last = at + 1
-        parts.append(data[last:])
-        changed = b"".join(parts)
-    else:
-        marked = classes.replace(_OVERFLOW_CANDIDATE, _ZEROED_RUN)
-        mask = int.from_bytes(marked.translate(_KEEP_MASK), "little")
-        changed = (int.from_bytes(data, "little") & mask).to_bytes(len(data), "little")
-    try:
-        bare.FromString(changed)
-    except DecodeError:
-        raise MalformedRequestError("varint overflows 64 bits") from None
+    raise MalformedRequestError("varint overflows 64 bits")
 
 
 def _candidates(classes: bytes) -> list[int]:
@@ -214,12 +216,12 @@ def read_string(data: bytes, path: tuple[int, ...]) -> str:
     MalformedRequestError (and nothing else) otherwise. An empty path only validates.
     """
     data = bytes(data)
-    shadow = _probe(path, _TYPE_STRING, shadow=True)
     small = len(data) <= _SHADOW_FIRST
-    # Small bodies: parse with the shadow probe at once and check only its unknown residue, so
-    # a payload is never rescanned. Large ones: the plain probe, which is faster on bodies of
-    # tiny fields, and the residue only if look-alikes make it worth it.
-    top: Any = _parse(shadow if small else _probe(path, _TYPE_STRING), data)
+    # Small bodies: parse with the shadow probe and check only its unknown residue, so a payload
+    # is never rescanned. Large ones: the plain probe and the whole body, a bounded cost: upb is
+    # several times slower with the shadow probe on tiny fields of a declared number with
+    # another wire type, and a residue can be the whole body (fields above `_SHADOWED`).
+    top: Any = _parse(_probe(path, _TYPE_STRING, shadow=small), data)
     node, value, subs = top, "", []
     for _ in path[:-1]:
         if not node.HasField("f"):
@@ -233,7 +235,7 @@ def read_string(data: bytes, path: tuple[int, ...]) -> str:
             top.ClearField(field.name)
         _check_go_rules(top.SerializeToString())
     else:
-        _check_go_rules(data, shadow)
+        _check_go_rules(data)
     for sub in subs:
         _check_go_rules(sub)
     return value
