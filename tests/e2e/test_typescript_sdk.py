@@ -9,6 +9,7 @@ tests/e2e/ts; a machine without them fails here with a message saying so, never 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from tests.e2e.rig import (
     base_config,
     deep_merge,
     jwt_authorization,
+    sample,
     wait_until,
 )
 from tests.e2e.workflows import GreetingWorkflow, greet
@@ -165,6 +167,55 @@ async def test_typescript_client_runs_a_workflow_and_gets_temporals_denial(
     (event,) = reader_denied()
     assert event["method"] == "StartWorkflowExecution"
     assert event["reason"] == "insufficient_role"
+
+
+@pytest.fixture(scope="module")
+def encrypting_proxy(
+    tmp_path_factory: pytest.TempPathFactory, pki: Pki, terminator: TLSTerminator
+) -> Iterator[ProxyProcess]:
+    """Payload encryption on for `default`, unknown fields rejected (issue 17's default)."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    cfg = deep_merge(
+        base_config(pki, terminator.port),
+        {
+            "authorization": jwt_authorization(pki),
+            "codec": {"enabled": True, "keys": {"k1": key}, "encryptKeyId": "k1"},
+            "encryption": {"namespaces": {"default": {"keyId": "k1"}}, "unknownFields": "reject"},
+        },
+    )
+    proc = ProxyProcess(tmp_path_factory.mktemp("ts-enc-proxy"), cfg)
+    yield proc
+    proc.stop()
+
+
+async def test_typescript_client_works_unchanged_with_encryption_at_the_proxy(
+    encrypting_proxy: ProxyProcess, pki: Pki
+) -> None:
+    """The SDK in our npm lock never trips the unknown-field refusal, and its payloads are
+    sealed on the way in and opened on the way out (it sees plaintext results)."""
+    proxy = encrypting_proxy
+    task_queue = f"ts-enc-tq-{uuid.uuid4().hex[:8]}"
+    workflow_id = f"ts-enc-wf-{uuid.uuid4().hex[:8]}"
+    worker_client = await sdk.connect(pki, proxy.address, token=pki.token("default:write"))
+    async with Worker(
+        worker_client, task_queue=task_queue, workflows=[GreetingWorkflow], activities=[greet]
+    ):
+        summary = await run_ts_client(
+            pki,
+            proxy.address,
+            token=pki.token("default:write", subject="ts-enc-writer"),
+            denied_token=pki.token("default:read", subject="ts-enc-reader"),
+            task_queue=task_queue,
+            workflow_id=workflow_id,
+            node=node_binary(),
+        )
+    assert summary["result"] == "Hello, typescript!"
+    assert summary["closedStatus"] == "COMPLETED"
+    metrics = proxy.metrics()
+    sealed = sample(metrics, "temporal_auth_proxy_encryption_payloads_total", outcome="encrypted")
+    opened = sample(metrics, "temporal_auth_proxy_encryption_payloads_total", outcome="decrypted")
+    assert sealed and sealed > 0 and opened and opened > 0, (sealed, opened)
+    assert not [e for e in proxy.events() if e.get("event") == "encryption_refused"]
 
 
 def readme_snippet() -> str:
