@@ -80,6 +80,8 @@ def test_deep_nesting_is_a_parse_error_not_a_crash(
     # Failure.cause chains are the API's recursion; protobuf's depth limit stops them first.
     from temporalio.api.workflowservice.v1 import RespondActivityTaskFailedRequest
 
+    sealed_at: list[int] = []
+    refused_at: list[int] = []
     for depth in (50, 95, 200):
         body = (
             RespondActivityTaskFailedRequest(namespace="n").SerializeToString()
@@ -90,5 +92,9 @@ def test_deep_nesting_is_a_parse_error_not_a_crash(
         try:
             out = encrypt_request(plan, WF + "RespondActivityTaskFailed", body, keys)
         except EncryptionError:
+            refused_at.append(depth)
             continue
         assert out.encrypted == 1
+        sealed_at.append(depth)
+    # A realistic depth is sealed; only past protobuf's recursion limit is it refused.
+    assert 50 in sealed_at and 200 in refused_at, (sealed_at, refused_at)
