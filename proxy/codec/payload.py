@@ -34,6 +34,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -67,6 +68,8 @@ KEY_ID_KEY = "encryption-key-id"
 # Our extension: present (value `zlib`) only when the plaintext was compressed before encryption.
 COMPRESSION_KEY = "encryption-compression"
 COMPRESSION_ZLIB = b"zlib"
+
+_V = TypeVar("_V")
 
 KEY_SIZE = 32  # AES-256
 NONCE_SIZE = 12
@@ -215,14 +218,7 @@ class PayloadCodec:
         if not self._namespace_keys:
             others = tuple(k for k in self._keys.ids if k != self._encrypt_key_id)
             return (self._encrypt_key_id, *others)
-        ids = self._namespace_keys.get(namespace)
-        if ids is None:
-            ids = self._namespace_keys.get(WILDCARD_NAMESPACE)
-        if ids is None:
-            raise NoNamespaceKeysError(
-                f"namespace {namespace!r} has no codec keys (codec.namespaceKeys)"
-            )
-        return ids
+        return _for_namespace(self._namespace_keys, namespace)
 
     def key_id_for(self, namespace: str = "") -> str:
         """The key new payloads of `namespace` are encrypted with."""
@@ -232,14 +228,7 @@ class PayloadCodec:
         """Key ids that decrypt for `namespace`; None: the whole ring (no namespaceKeys)."""
         if not self._namespace_keys:
             return None
-        allowed = self._allowed.get(namespace)
-        if allowed is None:
-            allowed = self._allowed.get(WILDCARD_NAMESPACE)
-        if allowed is None:
-            raise NoNamespaceKeysError(
-                f"namespace {namespace!r} has no codec keys (codec.namespaceKeys)"
-            )
-        return allowed
+        return _for_namespace(self._allowed, namespace)
 
     # ------------------------------------------------------------------ message level
 
@@ -351,3 +340,15 @@ def _inflate(data: bytes) -> bytes:
     if not inflater.eof:
         raise CodecError("compressed payload is truncated")
     return out
+
+
+def _for_namespace(table: Mapping[str, _V], namespace: str) -> _V:
+    """`namespace`'s entry of a namespaceKeys-derived table, else the `*` entry, else none."""
+    entry = table.get(namespace)
+    if entry is None:
+        entry = table.get(WILDCARD_NAMESPACE)
+    if entry is None:
+        raise NoNamespaceKeysError(
+            f"namespace {namespace!r} has no codec keys (codec.namespaceKeys)"
+        )
+    return entry
