@@ -113,15 +113,13 @@ async def run_ts_client(
     return summary
 
 
-async def test_typescript_client_runs_a_workflow_and_gets_temporals_denial(
-    proxy: ProxyProcess, pki: Pki
-) -> None:
-    """Start, describe, result() (the Python worker runs it, through the proxy too), list; and
-    a reader's start is refused with Temporal's PERMISSION_DENIED as the TS SDK surfaces it."""
-    node = node_binary()
-    task_queue = f"ts-tq-{uuid.uuid4().hex[:8]}"
-    workflow_id = f"ts-wf-{uuid.uuid4().hex[:8]}"
-    reader = f"ts-reader-{uuid.uuid4().hex[:8]}"
+async def run_beside_a_worker(
+    pki: Pki, proxy: ProxyProcess, prefix: str, reader: str
+) -> tuple[dict[str, Any], str, str]:
+    """The TS client's run (its summary, task queue, workflow id) while a Python worker, also
+    through the proxy, serves the workflow."""
+    task_queue = f"{prefix}-tq-{uuid.uuid4().hex[:8]}"
+    workflow_id = f"{prefix}-wf-{uuid.uuid4().hex[:8]}"
     worker_client = await sdk.connect(pki, proxy.address, token=pki.token("default:write"))
     async with Worker(
         worker_client, task_queue=task_queue, workflows=[GreetingWorkflow], activities=[greet]
@@ -129,12 +127,22 @@ async def test_typescript_client_runs_a_workflow_and_gets_temporals_denial(
         summary = await run_ts_client(
             pki,
             proxy.address,
-            token=pki.token("default:write", subject="ts-writer"),
+            token=pki.token("default:write", subject=f"{prefix}-writer"),
             denied_token=pki.token("default:read", subject=reader),
             task_queue=task_queue,
             workflow_id=workflow_id,
-            node=node,
+            node=node_binary(),
         )
+    return summary, task_queue, workflow_id
+
+
+async def test_typescript_client_runs_a_workflow_and_gets_temporals_denial(
+    proxy: ProxyProcess, pki: Pki
+) -> None:
+    """Start, describe, result() (the Python worker runs it, through the proxy too), list; and
+    a reader's start is refused with Temporal's PERMISSION_DENIED as the TS SDK surfaces it."""
+    reader = f"ts-reader-{uuid.uuid4().hex[:8]}"
+    summary, task_queue, workflow_id = await run_beside_a_worker(pki, proxy, "ts", reader)
 
     assert re.fullmatch(r"v\d+\.\d+\.\d+", summary["node"]), summary
     assert summary["started"]["workflowId"] == workflow_id
@@ -194,21 +202,7 @@ async def test_typescript_client_works_unchanged_with_encryption_at_the_proxy(
     """The SDK in our npm lock never trips the unknown-field refusal, and its payloads are
     sealed on the way in and opened on the way out (it sees plaintext results)."""
     proxy = encrypting_proxy
-    task_queue = f"ts-enc-tq-{uuid.uuid4().hex[:8]}"
-    workflow_id = f"ts-enc-wf-{uuid.uuid4().hex[:8]}"
-    worker_client = await sdk.connect(pki, proxy.address, token=pki.token("default:write"))
-    async with Worker(
-        worker_client, task_queue=task_queue, workflows=[GreetingWorkflow], activities=[greet]
-    ):
-        summary = await run_ts_client(
-            pki,
-            proxy.address,
-            token=pki.token("default:write", subject="ts-enc-writer"),
-            denied_token=pki.token("default:read", subject="ts-enc-reader"),
-            task_queue=task_queue,
-            workflow_id=workflow_id,
-            node=node_binary(),
-        )
+    summary, _, _ = await run_beside_a_worker(pki, proxy, "ts-enc", "ts-enc-reader")
     assert summary["result"] == "Hello, typescript!"
     assert summary["closedStatus"] == "COMPLETED"
     metrics = proxy.metrics()
