@@ -234,12 +234,14 @@ async def test_stdlib_errors_such_as_asyncio_accept_failures_are_folded_too() ->
     finally:
         structlog.reset_defaults()
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [line["event"] for line in lines] == [
-        "socket.accept() out of system resource",
-        "log_suppressed",
-    ]
-    assert lines[0]["logger"] == "asyncio" and "Too many open files" in lines[0]["exception"]
-    assert lines[1]["count"] == 999
+    event = "socket.accept() out of system resource"
+    shown = [line for line in lines if line["event"] == event]
+    summaries = [line for line in lines if line["event"] == "log_suppressed"]
+    assert len(shown) + len(summaries) == len(lines)
+    assert shown[0]["logger"] == "asyncio" and "Too many open files" in shown[0]["exception"]
+    # Folded: one line per interval the loop spanned (usually one), the rest counted, none lost.
+    assert 1 <= len(shown) <= 5 and summaries
+    assert len(shown) + sum(line["count"] for line in summaries) == 1000
 
 
 def test_log_level_warn_is_accepted_and_means_warning() -> None:
