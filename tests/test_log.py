@@ -214,9 +214,14 @@ async def test_configured_logging_writes_one_summary_line_per_interval() -> None
     finally:
         structlog.reset_defaults()
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [line["event"] for line in lines] == ["authz_denied", "authz_denied", "log_suppressed"]
-    assert lines[2]["count"] == 498 and lines[2]["suppressed_event"] == "authz_denied"
-    assert len(stream.getvalue()) < 8 * 1024
+    shown = [line for line in lines if line["event"] == "authz_denied"]
+    summaries = [line for line in lines if line["event"] == "log_suppressed"]
+    assert len(shown) + len(summaries) == len(lines)
+    # Per interval the loop spanned (usually one): `repeat_burst` lines, then one summary.
+    assert summaries and len(shown) <= 2 * len(summaries) <= 10
+    assert all(line["suppressed_event"] == "authz_denied" for line in summaries)
+    assert len(shown) + sum(line["count"] for line in summaries) == 500
+    assert len(stream.getvalue()) < 8 * 1024 * len(summaries)
 
 
 async def test_stdlib_errors_such_as_asyncio_accept_failures_are_folded_too() -> None:
